@@ -1,0 +1,87 @@
+"""Engine configuration: one frozen, validated dataclass. No absl, no environment variables."""
+
+import dataclasses
+
+EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "depth_lru")
+ATTENTION_IMPLS = ("auto", "pallas", "reference")
+WRITE_POLICIES = ("write_back", "write_through")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """What an `Engine` is built with. Names follow vLLM's offline `LLM(...)` where they overlap.
+
+    Attributes:
+      model: a built-in preset name ("pcjax-tiny", "pcjax-small") or a local Hugging Face
+        checkpoint directory (config.json + safetensors + tokenizer files).
+      enable_prefix_caching: keep the KV of finished prompts in the radix tree for reuse.
+      page_size: tokens per KV page (P). Any positive integer; 16 is the default.
+      num_pages: device KV pages (NP), the null page 0 included. None: derived from
+        `kv_cache_memory_gb`, or from what `max_num_seqs` sequences of `max_model_len` need.
+      kv_cache_memory_gb: device memory budget for the KV pages, when `num_pages` is None.
+      max_num_seqs: most sequences running at once (decode batch size).
+      max_model_len: longest prompt + generation; None: the model's max position embeddings,
+        capped at 4096.
+      max_num_batched_tokens: most tokens computed in one step (prefill chunk budget);
+        None: max(2048, max_num_seqs).
+      eviction_policy: how cached device pages are chosen for eviction.
+      dtype: activation and KV cache dtype.
+      seed: seeds sampling of requests that bring no seed of their own.
+      attention_impl: "reference" (plain jnp), "pallas" (the platform's Pallas kernel; interpret
+        mode on CPU) or "auto" (pallas where it is at least as fast as the reference).
+      swap_space: GB of host memory for the second cache tier (0 disables it).
+      write_policy: when the host tier receives pages: on device eviction ("write_back") or when a
+        prefix is first cached ("write_through").
+      debug: fill freed pages with NaN and check cache integrity after every step (slow).
+    """
+
+    model: str = "pcjax-small"
+    enable_prefix_caching: bool = True
+    page_size: int = 16
+    num_pages: int | None = None
+    kv_cache_memory_gb: float | None = None
+    max_num_seqs: int = 32
+    max_model_len: int | None = None
+    max_num_batched_tokens: int | None = None
+    eviction_policy: str = "lru"
+    dtype: str = "float32"
+    seed: int = 0
+    attention_impl: str = "auto"
+    swap_space: float = 0.0
+    write_policy: str = "write_back"
+    debug: bool = False
+
+    def __post_init__(self):
+        _require(isinstance(self.model, str) and self.model, "model must be a non-empty string")
+        _require_positive("page_size", self.page_size)
+        _require_positive("max_num_seqs", self.max_num_seqs)
+        if self.num_pages is not None:
+            _require(
+                isinstance(self.num_pages, int) and self.num_pages >= 2,
+                f"num_pages must be an int >= 2 (page 0 is the null page), got {self.num_pages!r}",
+            )
+        if self.kv_cache_memory_gb is not None:
+            _require(self.kv_cache_memory_gb > 0, "kv_cache_memory_gb must be > 0")
+        if self.max_model_len is not None:
+            _require_positive("max_model_len", self.max_model_len)
+        if self.max_num_batched_tokens is not None:
+            _require_positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _require_choice("eviction_policy", self.eviction_policy, EVICTION_POLICIES)
+        _require_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _require_choice("write_policy", self.write_policy, WRITE_POLICIES)
+        _require_choice("dtype", self.dtype, DTYPES)
+        _require(self.swap_space >= 0, f"swap_space must be >= 0 GB, got {self.swap_space!r}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _require_positive(name: str, value) -> None:
+    _require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+
+
+def _require_choice(name: str, value, choices) -> None:
+    _require(value in choices, f"{name} must be one of {choices}, got {value!r}")
