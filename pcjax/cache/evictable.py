@@ -61,11 +61,6 @@ class EvictableLeaves:
                 return node
         return None
 
-    def clear(self) -> None:
-        for entry in self._heap:
-            entry[3].evictable = False
-        self._heap, self._size = [], 0
-
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[3].evictable and e[2] == e[3].version]
         heapq.heapify(self._heap)

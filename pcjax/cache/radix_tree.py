@@ -31,7 +31,7 @@ from pcjax.cache.base import (
 )
 from pcjax.cache.evictable import EvictableLeaves
 from pcjax.cache.page_pool import PagePool, PageState
-from pcjax.cache.policies import EvictionPolicy, LRUPolicy
+from pcjax.cache.policies import EvictionPolicy, make_policy
 
 EvictCallback = Callable[[Node, int, list[int]], None]
 """``(node, start, pages)``: pages ``node.pages[start:]`` are about to be evicted. The node is still
@@ -44,7 +44,7 @@ class RadixTree:
     Args:
       pool: the page pool; the tree marks pages it takes CACHED and frees those it evicts.
       page_size: tokens per page (P); ``1`` for trace replay, where a key unit is a whole block.
-      policy: eviction policy; LRU when None.
+      policy: eviction policy, or its name for `make_policy`; LRU when None.
       evict_callback: called before evicted pages are freed (see `EvictCallback`).
     """
 
@@ -52,7 +52,7 @@ class RadixTree:
         self,
         pool: PagePool,
         page_size: int,
-        policy: EvictionPolicy | None = None,
+        policy: EvictionPolicy | str | None = None,
         *,
         evict_callback: EvictCallback | None = None,
     ):
@@ -60,7 +60,9 @@ class RadixTree:
             raise ValueError(f"page_size must be a positive int, got {page_size!r}")
         self.pool = pool
         self.page_size = page_size
-        self.policy = policy if policy is not None else LRUPolicy()
+        if policy is None or isinstance(policy, str):
+            policy = make_policy(policy or "lru")
+        self.policy = policy
         self.evict_callback = evict_callback
         self.root = Node((), [], None)
         self.clock = 0  # logical time: +1 per match and per insert

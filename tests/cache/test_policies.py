@@ -75,6 +75,13 @@ def test_make_policy_resolves_names(name, cls):
     assert make_policy(name) is not policy  # fresh objects: policies may hold state
 
 
+def test_the_tree_takes_a_policy_name_and_defaults_to_lru():
+    assert type(make_tree(1, policy="fifo").policy) is FIFOPolicy
+    assert type(make_tree(1).policy) is LRUPolicy
+    with pytest.raises(ValueError, match="unknown eviction policy"):
+        make_tree(1, policy="slru")
+
+
 @pytest.mark.parametrize("name", ["belady", "", None, 3])
 def test_make_policy_rejects_unknown_names(name):
     with pytest.raises(ValueError, match="unknown eviction policy"):
