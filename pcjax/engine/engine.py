@@ -107,6 +107,8 @@ class Engine:
 
     def _tokenize(self, prompt) -> list[int]:
         if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty")
             if self.tokenizer is None:
                 raise ValueError("this model has no tokenizer: pass prompts as lists of token ids")
             token_ids = list(self.tokenizer.encode(prompt))
@@ -283,6 +285,11 @@ def _as_params_list(sampling_params, num_prompts: int) -> list[SamplingParams]:
         return [SamplingParams()] * num_prompts
     if isinstance(sampling_params, SamplingParams):
         return [sampling_params] * num_prompts
+    if not isinstance(sampling_params, (list, tuple)):
+        raise ValueError(
+            f"sampling_params must be SamplingParams or a list of them, got "
+            f"{type(sampling_params).__name__}"
+        )
     params = list(sampling_params)
     if len(params) != num_prompts:
         raise ValueError(f"got {len(params)} sampling_params for {num_prompts} prompts")

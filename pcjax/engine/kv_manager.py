@@ -17,7 +17,7 @@ Worked example of `cache_computed` (P = 4, the request matched 1 page at admissi
     insert(tokens[:12], [7, 12, 13]):
        the tree already holds "abcd efgh" as pages 7, 9 (another request cached "efgh" meanwhile)
        -> duplicate_pages = [12]   (13 is taken by the tree)
-    re-match "abcd efgh ijkl" -> pages [7, 9, 13]; req.pages = [7, 9, 13, 14]; free 12
+    path_pages(node("ijkl")) -> [7, 9, 13]; req.pages = [7, 9, 13, 14]; free 12
     num_shared_pages = 3; the lock moves from node("abcd") to node("ijkl"); 14 stays own.
 """
 
@@ -91,12 +91,10 @@ class KVManager:
             return
         tokens = req.all_token_ids[: num_full * self.page_size]
         inserted = self.cache.insert(tokens, req.pages[:num_full])
-        canonical = self.cache.match(tokens)
-        assert canonical.num_tokens == len(tokens), "inserted prefix must match in full"
-        self.cache.lock(canonical.node)
+        self.cache.lock(inserted.node)
         self.cache.unlock(req.cache_node)
-        req.cache_node = canonical.node
-        req.pages[:num_full] = canonical.pages
+        req.cache_node = inserted.node
+        req.pages[:num_full] = self.cache.path_pages(inserted.node)
         req.num_shared_pages = num_full
         self.pool.free(inserted.duplicate_pages)
 

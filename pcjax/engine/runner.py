@@ -1,4 +1,4 @@
-"""The jitted model step: forward over the paged cache, then sampling, with the cache donated."""
+"""The jitted model step: forward over the paged cache (donated), then sampling."""
 
 import functools
 
@@ -12,9 +12,13 @@ from pcjax.kernels import AttentionMetadata
 from pcjax.sampling import SamplingBatch, sample
 
 
-def _step(
-    graphdef, attention_impl, params, kv_cache, tokens, positions, md, logits_indices, sampling
-):
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def _forward(graphdef, attention_impl, params, kv_cache, tokens, positions, md, logits_indices):
+    """Forward over the paged cache; returns ``(kv_cache, logits f32[B, V])``.
+
+    Module-level, so engines of the same model share compiled programs (graphdef and
+    attention_impl are static and compare by structure).
+    """
     logits, kv_cache = models.forward(
         graphdef,
         params,
@@ -25,7 +29,11 @@ def _step(
         logits_indices=logits_indices,
         attention_impl=attention_impl,
     )
-    return kv_cache, sample(logits, sampling)
+    return kv_cache, logits
+
+
+# A jit of its own: it compiles once per batch bucket B, not once per (T, B, M, Q) shape.
+_sample = jax.jit(sample)
 
 
 class ModelRunner:
@@ -38,11 +46,10 @@ class ModelRunner:
     """
 
     def __init__(self, graphdef, params, kv_cache: KVCache, attention_impl: str):
+        self.graphdef = graphdef
+        self.attention_impl = attention_impl
         self.params = params
         self.kv_cache = kv_cache
-        self._step = jax.jit(
-            functools.partial(_step, graphdef, attention_impl), donate_argnums=(1,)
-        )
 
     def run(self, arrays: StepArrays) -> jax.Array:
         """Computes one step; returns the sampled tokens (i32[B], still on device)."""
@@ -53,6 +60,16 @@ class ModelRunner:
             cu_q_lens=arrays.cu_q_lens,
             max_q_len=arrays.max_q_len,
         )
+        self.kv_cache, logits = _forward(
+            self.graphdef,
+            self.attention_impl,
+            self.params,
+            self.kv_cache,
+            jnp.asarray(arrays.tokens),
+            jnp.asarray(arrays.positions),
+            md,
+            jnp.asarray(arrays.logits_indices),
+        )
         sampling = SamplingBatch(
             temperature=arrays.temperature,
             top_k=arrays.top_k,
@@ -60,13 +77,4 @@ class ModelRunner:
             seeds=arrays.seeds,
             steps=arrays.sample_steps,
         )
-        self.kv_cache, next_tokens = self._step(
-            self.params,
-            self.kv_cache,
-            jnp.asarray(arrays.tokens),
-            jnp.asarray(arrays.positions),
-            md,
-            jnp.asarray(arrays.logits_indices),
-            sampling,
-        )
-        return next_tokens
+        return _sample(logits, sampling)

@@ -7,13 +7,23 @@ from pcjax import Engine, SamplingParams
 
 PAGE_SIZE = 4
 MAX_MODEL_LEN = 96
+# 25 usable pages: one full-length sequence (24 pages) fits, four growing ones do not. Tests that
+# need eviction or preemption share this size (and so their compiled programs).
+SMALL_CACHE_PAGES = 26
 
 
 def make_engine(**overrides) -> Engine:
     """A pcjax-tiny engine in debug mode (NaN-filled free pages, integrity checked every step)."""
-    kwargs = dict(model="pcjax-tiny", page_size=PAGE_SIZE, max_model_len=MAX_MODEL_LEN,
-                  max_num_seqs=4, max_num_batched_tokens=64, debug=True,
-                  attention_impl="reference")
+    kwargs = dict(
+        model="pcjax-tiny",
+        page_size=PAGE_SIZE,
+        max_model_len=MAX_MODEL_LEN,
+        num_pages=SMALL_CACHE_PAGES * 2,
+        max_num_seqs=4,
+        max_num_batched_tokens=64,
+        debug=True,
+        attention_impl="reference",
+    )
     kwargs.update(overrides)
     return Engine(**kwargs)
 

@@ -1,6 +1,7 @@
 """Greedy outputs are the same whether prefixes are computed, cached, evicted or preempted."""
 
-from tests.engine.conftest import GREEDY, PAGE_SIZE, make_engine
+from pcjax import SamplingParams
+from tests.engine.conftest import GREEDY, PAGE_SIZE, SMALL_CACHE_PAGES, make_engine
 
 
 def _tokens(outputs):
@@ -30,17 +31,17 @@ def test_computed_prompt_tokens_are_total_minus_hits(prompts):
 
 
 def test_eviction_every_step_keeps_outputs(prompts, reference_tokens):
-    # 4 sequences of <= 96 tokens need <= 4 * 24 pages; 30 pages force constant eviction.
-    engine = make_engine(num_pages=30, max_num_seqs=2)
+    # finished prompts fill the small cache at once, so admissions keep evicting
+    engine = make_engine(num_pages=SMALL_CACHE_PAGES, max_num_seqs=2)
     outputs = engine.generate(prompts * 2, GREEDY, use_tqdm=False)
     assert _tokens(outputs) == reference_tokens * 2
     assert engine.stats()["evicted_pages"] > 0
 
 
 def test_preemption_keeps_outputs(prompts, reference_tokens):
-    # 4 running sequences grow past what 26 pages (25 usable, 24 for one full-length one) hold.
-    engine = make_engine(num_pages=26, max_num_seqs=4)
-    long = GREEDY.__class__(temperature=0, max_tokens=40, ignore_eos=True)
+    # four running sequences grow past what the small cache holds
+    engine = make_engine(num_pages=SMALL_CACHE_PAGES, max_num_seqs=4)
+    long = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     ref = make_engine(enable_prefix_caching=False)
     expected = _tokens(ref.generate(prompts, long, use_tqdm=False))
     outputs = engine.generate(prompts, long, use_tqdm=False)

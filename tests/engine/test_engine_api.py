@@ -68,8 +68,9 @@ def test_bad_sampling_params_raise(kwargs, message):
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(engine, prompts):
-    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=7, max_tokens=10,
-                            ignore_eos=True)
+    params = SamplingParams(
+        temperature=1.0, top_p=0.9, top_k=50, seed=7, max_tokens=10, ignore_eos=True
+    )
     alone = engine.generate([prompts[0]], params, use_tqdm=False)[0].token_ids
     batched = engine.generate(prompts[:4], params, use_tqdm=False)[0].token_ids
     other_seed = SamplingParams(temperature=1.0, seed=8, max_tokens=10, ignore_eos=True)
@@ -88,8 +89,7 @@ def test_top_k_one_is_greedy(engine, prompts):
 def test_stop_token_ids_and_eos(engine, prompts):
     free = engine.generate([prompts[0]], GREEDY, use_tqdm=False)[0].token_ids
     stop_at = free[4]
-    params = SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_at],
-                            ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_at], ignore_eos=True)
     out = engine.generate([prompts[0]], params, use_tqdm=False)[0]
     assert out.finish_reason == "stop"
     assert out.token_ids == free[: free.index(stop_at) + 1]
