@@ -1,0 +1,185 @@
+"""Tests for the vLLM peer client and the runner's pure parts (no vLLM needed, a second or two).
+
+The one test that runs vLLM for real (~2-3 min on 2 cores) only runs when PCJAX_VLLM_PYTHON
+names the vLLM venv's interpreter, e.g.
+
+    PCJAX_VLLM_PYTHON=.peers/vllm/bin/python .venv/bin/python -m pytest tests/experiments -k real
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments.peers import vllm_peer, vllm_runner
+
+
+@pytest.fixture
+def model_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A directory that passes the spec check (a config.json and nothing else)."""
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 512}))
+    return tmp_path
+
+
+def one_pass(name: str = "timed", prompt_len: int = 8, max_tokens: int = 4) -> dict:
+    """A pass with two prompts of `prompt_len` tokens."""
+    prompts = [list(range(3, 3 + prompt_len)), list(range(4, 4 + prompt_len))]
+    return {"name": name, "prompts": prompts, "max_tokens": max_tokens}
+
+
+def test_make_spec_fills_defaults_and_keeps_overrides(model_dir):
+    spec = vllm_peer.make_spec(model_dir, [one_pass()], enable_prefix_caching=False)
+    assert spec["enable_prefix_caching"] is False
+    assert spec["max_num_seqs"] == 8
+    assert spec["block_size"] == 16
+    assert spec["dtype"] == "float32"
+    assert spec["model_dir"] == str(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("settings", "passes", "message"),
+    [
+        ({"max_num_seq": 8}, [one_pass()], "unknown spec keys"),
+        ({}, [], "no passes"),
+        ({"max_model_len": 10}, [one_pass(prompt_len=8, max_tokens=4)], "max_model_len"),
+        ({}, [one_pass(max_tokens=0)], "max_tokens"),
+        ({}, [{"name": "x", "prompts": [[]], "max_tokens": 1}], "prompts"),
+    ],
+)
+def test_make_spec_rejects_bad_specs(model_dir, settings, passes, message):
+    with pytest.raises(ValueError, match=message):
+        vllm_peer.make_spec(model_dir, passes, **settings)
+
+
+def test_make_spec_rejects_a_directory_without_config(tmp_path):
+    with pytest.raises(ValueError, match=r"config\.json"):
+        vllm_peer.make_spec(tmp_path, [one_pass()])
+
+
+def test_write_spec_round_trips_through_the_runner_loader(model_dir, tmp_path):
+    spec = vllm_peer.make_spec(model_dir, [one_pass("warmup"), one_pass("timed")])
+    path = vllm_peer.write_spec(spec, tmp_path)
+    assert vllm_runner.load_spec(str(path)) == spec
+
+
+def test_skip_with_a_missing_interpreter_returns_none_and_says_why(model_dir, capsys):
+    spec = vllm_peer.make_spec(model_dir, [one_pass()])
+    missing = str(model_dir / "no-such-venv" / "bin" / "python")
+    assert vllm_peer.run_vllm(missing, spec, timeout_s=5) is None
+    out = capsys.readouterr().out
+    assert out.startswith("vLLM peer skipped:")
+    assert missing in out
+    assert "setup_vllm_cpu.sh .peers/vllm" in out
+
+
+def test_skip_with_no_interpreter_at_all(model_dir, capsys):
+    assert (
+        vllm_peer.run_vllm(None, vllm_peer.make_spec(model_dir, [one_pass()]), timeout_s=5) is None
+    )
+    assert "no vLLM python given" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_skip_with_an_interpreter_without_vllm(model_dir, capsys):
+    spec = vllm_peer.make_spec(model_dir, [one_pass()])
+    assert vllm_peer.run_vllm(sys.executable, spec, timeout_s=60) is None
+    assert "vllm is not importable" in capsys.readouterr().out
+
+
+def test_bad_spec_raises_before_looking_for_the_interpreter(model_dir):
+    with pytest.raises(ValueError, match="no passes"):
+        vllm_peer.run_vllm(None, {"model_dir": str(model_dir), "passes": []}, timeout_s=5)
+
+
+def test_default_vllm_python_is_under_the_repo_root(tmp_path):
+    assert vllm_peer.default_vllm_python(tmp_path) is None
+    python = tmp_path / ".peers" / "vllm" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    assert vllm_peer.default_vllm_python(tmp_path) == str(python)
+
+
+def test_runner_env_applies_defaults_then_overrides_and_drops_pythonpath(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/pcjax")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "8")
+    env = vllm_peer.runner_env({"VLLM_CPU_OMP_THREADS_BIND": "0"})
+    assert "PYTHONPATH" not in env
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"  # the default beats the ambient value
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0"  # an explicit override beats the default
+    assert env["PATH"] == os.environ["PATH"]
+
+
+def test_shared_prefix_prompts_share_exactly_the_prefix():
+    prompts = vllm_peer.shared_prefix_prompts(4, 16, 8, 512, seed=0)
+    assert [len(p) for p in prompts] == [24] * 4
+    assert all(p[:16] == prompts[0][:16] for p in prompts)
+    assert len({tuple(p[16:]) for p in prompts}) == 4
+    assert all(3 <= t < 512 for p in prompts for t in p)
+    assert prompts == vllm_peer.shared_prefix_prompts(4, 16, 8, 512, seed=0)
+    assert prompts != vllm_peer.shared_prefix_prompts(4, 16, 8, 512, seed=1)
+
+
+def test_find_pass():
+    result = {"passes": [{"name": "warmup"}, {"name": "timed", "wall_s": 1.0}]}
+    assert vllm_peer.find_pass(result, "timed")["wall_s"] == 1.0
+    with pytest.raises(KeyError, match="cold"):
+        vllm_peer.find_pass(result, "cold")
+
+
+@pytest.mark.parametrize(("requested", "used"), [(16, 32), (32, 32), (33, 64), (128, 128)])
+def test_cpu_block_size_rounds_up_to_a_multiple_of_32(requested, used):
+    assert vllm_runner.cpu_block_size(requested) == used
+
+
+def test_engine_kwargs_record_the_block_size_adjustment(model_dir):
+    spec = vllm_peer.make_spec(model_dir, [one_pass()], extra_engine_args={"enforce_eager": True})
+    kwargs = vllm_runner.engine_kwargs(spec)
+    assert kwargs["block_size"] == 32
+    assert kwargs["skip_tokenizer_init"] is True  # model_dir has no tokenizer files
+    assert kwargs["disable_log_stats"] is False  # stats fill RequestOutput.metrics (TTFT)
+    assert kwargs["enforce_eager"] is True
+    assert "max_num_batched_tokens" not in kwargs
+    assert vllm_runner.adjustments(spec) == [
+        "block_size 16 -> 32: vLLM's CPU attention (CPU_ATTN) takes only multiples of 32"
+    ]
+
+
+def test_summarize_skips_missing_values():
+    s = vllm_runner.summarize([1.0, None, 3.0, 2.0])
+    assert s["n"] == 3
+    assert s["min"] == 1.0 and s["p50"] == 2.0 and s["max"] == 3.0 and s["mean"] == 2.0
+    assert vllm_runner.summarize([None]) is None
+
+
+def test_counter_delta():
+    d = vllm_runner.counter_delta({"queries": 10, "hits": 2}, {"queries": 30, "hits": 17})
+    assert d == {"queries": 20, "hits": 15, "hit_rate": 0.75}
+    assert vllm_runner.counter_delta(d, d)["hit_rate"] is None
+
+
+def test_a_failed_runner_raises_with_its_log_tail(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"ok": False, "error": "ValueError: boom"}))
+    with pytest.raises(vllm_peer.VllmPeerError, match="boom(.|\n)*last line"):
+        vllm_peer.read_result(tmp_path / "result.json", 1, ["first line", "last line"])
+    with pytest.raises(vllm_peer.VllmPeerError, match="no result written"):
+        vllm_peer.read_result(tmp_path / "missing.json", -9, [])
+
+
+def test_a_runner_past_its_timeout_is_killed(tmp_path):
+    code = "import sys, time; print('started', flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-c", code],  # -S: starts in ms even on a busy machine
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    log = tmp_path / "vllm.log"
+    with pytest.raises(vllm_peer.VllmPeerError, match="timed out(.|\n)*started"):
+        vllm_peer.wait_runner(proc, 2.0, log, echo=False)
+    assert proc.returncode is not None
+    assert log.read_text() == "started\n"
