@@ -41,6 +41,8 @@ Result (JSON object):
                                and succeeded or not; null: not called (first pass, or disabled)
         prefix_cache           vLLM's own counters over the pass: {"queries", "hits",
                                "hit_rate"} in prompt tokens (null rate when nothing was queried)
+        cpu_s                  CPU seconds vLLM's processes used in the pass; cpu_s / wall_s
+                               near the core count means vLLM had the machine to itself
         load_avg_1m            {"before", "after"}: the machine's 1-minute load average
         ttft_s                 {"n", "mean", "min", "p50", "p90", "p99", "max"} or null
         requests               [request], in prompt order:
@@ -55,10 +57,12 @@ Result (JSON object):
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -80,7 +84,7 @@ LOG_TAIL_LINES = 40
 
 
 class VllmPeerError(RuntimeError):
-    """vLLM ran but failed, or ran past its timeout; the message ends with its log's tail."""
+    """vLLM ran but failed, or ran past its timeout; the message quotes its log's error lines."""
 
 
 def repo_root() -> pathlib.Path:
@@ -156,12 +160,38 @@ def find_pass(result: dict, name: str) -> dict:
     raise KeyError(f"no pass named {name!r} in the vLLM result")
 
 
-def pump_log(stream, tail: collections.deque, log_file, echo: bool) -> None:
-    """Copies the runner's output line by line to the tail, the log file and (if echo) stderr."""
+ERROR_LINE = re.compile(r"\b\w+(Error|Exception): \S")
+
+
+@dataclasses.dataclass
+class LogDigest:
+    """What a failure message needs from vLLM's long log: its error lines and its last lines."""
+
+    errors: list[str] = dataclasses.field(default_factory=list)  # distinct, first few
+    tail: collections.deque = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES)
+    )
+
+    def add(self, line: str) -> None:
+        """Takes one log line (without its newline)."""
+        self.tail.append(line)
+        match = ERROR_LINE.search(line)
+        if match and len(self.errors) < 8 and line[match.start() :] not in self.errors:
+            self.errors.append(line[match.start() :])
+
+    def message(self, what: str) -> str:
+        """An error message: what went wrong, vLLM's error lines, then its last lines."""
+        return "\n".join(
+            [f"vLLM peer failed: {what}", "--- error lines in its log ---", *self.errors]
+            + ["--- last lines of its log ---", *self.tail]
+        )
+
+
+def pump_log(stream, digest: LogDigest, log_file, echo: bool) -> None:
+    """Copies the runner's output line by line to the digest, the log file and (if echo) stderr."""
     for line in stream:
-        tail.append(line.rstrip("\n"))
-        if log_file is not None:
-            log_file.write(line)
+        digest.add(line.rstrip("\n"))
+        log_file.write(line)
         if echo:
             sys.stderr.write(f"[vllm] {line}")
 
@@ -188,38 +218,33 @@ def start_runner(python: str, spec_path, out_path, env: dict) -> subprocess.Pope
     )
 
 
-def wait_runner(proc: subprocess.Popen, timeout_s: float, log_path, echo: bool) -> list[str]:
-    """Waits for the runner while pumping its log; returns the log's tail.
+def wait_runner(proc: subprocess.Popen, timeout_s: float, log_path, echo: bool) -> LogDigest:
+    """Waits for the runner while pumping its log; returns the log's digest.
 
     Raises:
         VllmPeerError: when it runs past `timeout_s` (it is killed, with its engine processes).
     """
-    tail = collections.deque(maxlen=LOG_TAIL_LINES)
-    with open(log_path, "w") if log_path else open(os.devnull, "w") as log_file:
-        pump = threading.Thread(target=pump_log, args=(proc.stdout, tail, log_file, echo))
+    digest = LogDigest()
+    with open(log_path or os.devnull, "w") as log_file:
+        pump = threading.Thread(target=pump_log, args=(proc.stdout, digest, log_file, echo))
         pump.start()
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             kill_group(proc)
             pump.join()
-            raise VllmPeerError(failure(f"timed out after {timeout_s:.0f} s", tail)) from None
+            raise VllmPeerError(digest.message(f"timed out after {timeout_s:.0f} s")) from None
         pump.join()
-    return list(tail)
+    return digest
 
 
-def failure(what: str, tail) -> str:
-    """An error message: what went wrong, then the last lines of the runner's log."""
-    return f"vLLM peer failed: {what}\n--- last lines of its log ---\n" + "\n".join(tail)
-
-
-def read_result(out_path: pathlib.Path, returncode: int, tail: list[str]) -> dict:
+def read_result(out_path: pathlib.Path, returncode: int, digest: LogDigest) -> dict:
     """The runner's result; raises VllmPeerError when it failed or wrote nothing."""
     if not out_path.exists():
-        raise VllmPeerError(failure(f"exit status {returncode}, no result written", tail))
+        raise VllmPeerError(digest.message(f"exit status {returncode}, no result written"))
     result = json.loads(out_path.read_text())
     if returncode != 0 or not result.get("ok"):
-        raise VllmPeerError(failure(result.get("error", f"exit status {returncode}"), tail))
+        raise VllmPeerError(digest.message(result.get("error", f"exit status {returncode}")))
     return result
 
 
@@ -260,8 +285,8 @@ def run_vllm(
         out_path = pathlib.Path(tmp) / "result.json"
         start = time.perf_counter()
         proc = start_runner(python, write_spec(spec, tmp), out_path, full_env)
-        tail = wait_runner(proc, timeout_s, log_path, echo)
-        result = read_result(out_path, proc.returncode, tail)
+        digest = wait_runner(proc, timeout_s, log_path, echo)
+        result = read_result(out_path, proc.returncode, digest)
     overrides = {k: full_env[k] for k in {**DEFAULT_ENV, **(env or {})}}
     result["client"] = {
         "python": python,
@@ -270,3 +295,24 @@ def run_vllm(
         "log_path": log_path,
     }
     return result
+
+
+def format_summary(result: dict) -> str:
+    """A few human-readable lines: engine start, then per pass wall time, TTFT and cache hits."""
+    cfg = result["effective_config"]
+    lines = [
+        f"vLLM {result['versions']['vllm']} on {result['device']}: engine start "
+        f"{result['engine_start_s']:.1f} s, prefix caching {cfg['enable_prefix_caching']}, "
+        f"block {cfg['block_size']}, max_num_batched_tokens {cfg['max_num_batched_tokens']}"
+    ]
+    for p in result["passes"]:
+        t = p["ttft_s"] or {}
+        hit = p["prefix_cache"]["hit_rate"]
+        lines.append(
+            f"  {p['name']:>8}: {p['wall_s']:6.2f} s  {p['num_requests']} req  "
+            f"ttft p50 {t.get('p50', float('nan')):.3f} p90 {t.get('p90', float('nan')):.3f} "
+            f"max {t.get('max', float('nan')):.3f} s  cached {p['cached_tokens']}/"
+            f"{p['prompt_tokens']} tok  hit rate {'n/a' if hit is None else f'{hit:.3f}'}  "
+            f"cpu {p['cpu_s'] / p['wall_s']:.2f} cores  load {p['load_avg_1m']['after']:.1f}"
+        )
+    return "\n".join(lines)

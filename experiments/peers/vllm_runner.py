@@ -30,7 +30,8 @@ other block size fails late in engine start ("No common block size for 16"). The
 the block size up to the next multiple of 32 and says so in the result's `adjustments`. That
 coarsens vLLM's prefix-cache granularity (a request reuses whole cached blocks only: a 528-token
 shared prefix gives 512 cached tokens with 32-token blocks, 528 with 16-token ones), so compare
-cached-token counts with that in mind.
+cached-token counts with that in mind. The same backend only supports head sizes in
+CPU_HEAD_DIMS (not 16), which the spec check verifies from config.json before anything starts.
 
 Time to first token comes from vLLM itself: with stats on (`disable_log_stats=False`) every
 `RequestOutput.metrics` is a `RequestStateStats` whose `first_token_latency` is the front end's
@@ -59,6 +60,8 @@ SPEC_DEFAULTS = {
 }
 # vLLM 0.32's CPU_ATTN backend: get_supported_kernel_block_sizes() == [MultipleOf(32)].
 CPU_BLOCK_MULTIPLE = 32
+# and its get_supported_head_sizes(); any other head size fails in the first forward pass.
+CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 ENV_PREFIXES = ("VLLM_", "OMP_", "KMP_", "MKL_", "LD_PRELOAD", "TORCH", "CUDA_VISIBLE_DEVICES")
 
 
@@ -82,13 +85,28 @@ def check_spec(spec: dict) -> dict:
     unknown = set(spec) - set(SPEC_DEFAULTS) - {"model_dir", "passes"}
     if unknown:
         raise ValueError(f"unknown spec keys: {sorted(unknown)}")
-    if not os.path.isfile(os.path.join(str(spec.get("model_dir", "")), "config.json")):
+    config_path = os.path.join(str(spec.get("model_dir", "")), "config.json")
+    if not os.path.isfile(config_path):
         raise ValueError(f"model_dir has no config.json: {spec.get('model_dir')!r}")
+    check_head_dim(config_path)
     if not spec.get("passes"):
         raise ValueError("spec has no passes")
     for p in spec["passes"]:
         check_pass(p, spec["max_model_len"])
     return spec
+
+
+def check_head_dim(config_path: str) -> None:
+    """Fails fast on a head size vLLM's CPU attention rejects (it would fail ~2 min later)."""
+    with open(config_path) as f:
+        config = json.load(f)
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (heads and config.get("hidden_size", 0) // heads)
+    if head_dim and head_dim not in CPU_HEAD_DIMS:
+        raise ValueError(
+            f"head_dim {head_dim} of {config_path} is not one vLLM's CPU attention supports "
+            f"{CPU_HEAD_DIMS}"
+        )
 
 
 def check_pass(p: dict, max_model_len: int) -> None:
@@ -199,6 +217,37 @@ def env_settings() -> dict:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
 
 
+def read_proc_stats() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, CPU seconds used)} for every process /proc shows (Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        # after "pid (comm)": state ppid ... utime stime (fields 3, 4 ... 14, 15 of proc(5))
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return stats
+
+
+def process_tree_cpu_s() -> float:
+    """CPU seconds used so far by this process and its live descendants (engine core, worker)."""
+    stats = read_proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def prefix_cache_counters(llm) -> dict:
     """vLLM's cumulative prefix-cache counters (tokens queried, tokens hit) from its metrics."""
     wanted = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
@@ -267,10 +316,12 @@ def run_pass(llm, p: dict, reset: bool) -> dict:
     prompts = [{"prompt_token_ids": list(ids)} for ids in p["prompts"]]
     before = prefix_cache_counters(llm)
     load_before = os.getloadavg()[0]
+    cpu_before = process_tree_cpu_s()
     t0 = time.time()
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     wall_s = time.perf_counter() - start
+    cpu_s = process_tree_cpu_s() - cpu_before
     requests = [request_record(o, t0) for o in outs]
     return {
         "name": p.get("name", ""),
@@ -281,6 +332,7 @@ def run_pass(llm, p: dict, reset: bool) -> dict:
         "generated_tokens": sum(len(r["token_ids"]) for r in requests),
         "cached_tokens": sum(r["num_cached_tokens"] or 0 for r in requests),
         "reset_prefix_cache_before": reset_ok,
+        "cpu_s": cpu_s,
         "load_avg_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "prefix_cache": counter_delta(before, prefix_cache_counters(llm)),
         "ttft_s": summarize([r["ttft_s"] for r in requests]),

@@ -60,6 +60,24 @@ def test_make_spec_rejects_a_directory_without_config(tmp_path):
         vllm_peer.make_spec(tmp_path, [one_pass()])
 
 
+@pytest.mark.parametrize(
+    ("config", "ok"),
+    [
+        ({"hidden_size": 64, "num_attention_heads": 4}, False),  # head_dim 16
+        ({"hidden_size": 64, "num_attention_heads": 2}, True),  # head_dim 32
+        ({"hidden_size": 512, "num_attention_heads": 8, "head_dim": 48}, False),
+        ({"vocab_size": 512}, True),  # nothing to check
+    ],
+)
+def test_make_spec_checks_the_head_dim_vllm_cpu_supports(tmp_path, config, ok):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if ok:
+        vllm_peer.make_spec(tmp_path, [one_pass()])
+    else:
+        with pytest.raises(ValueError, match="head_dim"):
+            vllm_peer.make_spec(tmp_path, [one_pass()])
+
+
 def test_write_spec_round_trips_through_the_runner_loader(model_dir, tmp_path):
     spec = vllm_peer.make_spec(model_dir, [one_pass("warmup"), one_pass("timed")])
     path = vllm_peer.write_spec(spec, tmp_path)
@@ -161,12 +179,21 @@ def test_counter_delta():
     assert vllm_runner.counter_delta(d, d)["hit_rate"] is None
 
 
-def test_a_failed_runner_raises_with_its_log_tail(tmp_path):
-    (tmp_path / "result.json").write_text(json.dumps({"ok": False, "error": "ValueError: boom"}))
-    with pytest.raises(vllm_peer.VllmPeerError, match="boom(.|\n)*last line"):
-        vllm_peer.read_result(tmp_path / "result.json", 1, ["first line", "last line"])
+def test_a_failed_runner_raises_with_its_error_lines_and_log_tail(tmp_path):
+    digest = vllm_peer.LogDigest()
+    error = "(Worker) ERROR RuntimeError: Unsupported CPU attention"
+    lines = [error, error, *["traceback line"] * 50, "last line"]  # the error is not in the tail
+    for line in lines:
+        digest.add(line)
+    (tmp_path / "result.json").write_text(json.dumps({"ok": False, "error": "EngineDeadError"}))
+    with pytest.raises(vllm_peer.VllmPeerError) as e:
+        vllm_peer.read_result(tmp_path / "result.json", 1, digest)
+    message = str(e.value)
+    assert message.startswith("vLLM peer failed: EngineDeadError")
+    assert message.count("RuntimeError: Unsupported CPU attention") == 1
+    assert message.endswith("last line")
     with pytest.raises(vllm_peer.VllmPeerError, match="no result written"):
-        vllm_peer.read_result(tmp_path / "missing.json", -9, [])
+        vllm_peer.read_result(tmp_path / "missing.json", -9, digest)
 
 
 def test_a_runner_past_its_timeout_is_killed(tmp_path):
@@ -183,3 +210,92 @@ def test_a_runner_past_its_timeout_is_killed(tmp_path):
         vllm_peer.wait_runner(proc, 2.0, log, echo=False)
     assert proc.returncode is not None
     assert log.read_text() == "started\n"
+
+
+def test_process_tree_cpu_counts_child_processes():
+    code = (
+        "import sys, time\n"
+        "while time.process_time() < 0.3: pass\n"
+        "print('done', flush=True); time.sleep(30)"
+    )
+    before = vllm_runner.process_tree_cpu_s()
+    child = subprocess.Popen([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "done\n"
+        assert vllm_runner.process_tree_cpu_s() - before >= 0.25  # 10 ms clock ticks
+    finally:
+        child.kill()
+        child.wait()
+
+
+def fake_result() -> dict:
+    """The parts of a runner result that format_summary reads."""
+    timed = {
+        "name": "timed",
+        "wall_s": 2.0,
+        "num_requests": 4,
+        "ttft_s": {"p50": 0.1, "p90": 0.2, "max": 0.3},
+        "cached_tokens": 96,
+        "prompt_tokens": 160,
+        "prefix_cache": {"hit_rate": 0.6},
+        "cpu_s": 3.0,
+        "load_avg_1m": {"before": 1.0, "after": 1.5},
+    }
+    return {
+        "versions": {"vllm": "0.32.0"},
+        "device": "cpu",
+        "engine_start_s": 70.0,
+        "effective_config": {
+            "enable_prefix_caching": True,
+            "block_size": 32,
+            "max_num_batched_tokens": 4096,
+        },
+        "passes": [
+            timed,
+            {**timed, "name": "off", "ttft_s": None, "prefix_cache": {"hit_rate": None}},
+        ],
+    }
+
+
+def test_format_summary():
+    lines = vllm_peer.format_summary(fake_result()).splitlines()
+    assert "engine start 70.0 s" in lines[0] and "block 32" in lines[0]
+    assert "timed:   2.00 s" in lines[1]
+    assert "cached 96/160 tok  hit rate 0.600  cpu 1.50 cores" in lines[1]
+    assert "ttft p50 nan" in lines[2] and "hit rate n/a" in lines[2]
+
+
+def vllm_python_for_real_runs() -> str | None:
+    """The interpreter named by PCJAX_VLLM_PYTHON, or None (the real-run test is opt-in)."""
+    return os.environ.get("PCJAX_VLLM_PYTHON") or None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    vllm_python_for_real_runs() is None,
+    reason="set PCJAX_VLLM_PYTHON=.peers/vllm/bin/python to run vLLM for real (~2-3 min)",
+)
+def test_real_vllm_run_on_a_tiny_random_llama(tmp_path):
+    python = vllm_python_for_real_runs()
+    maker = pathlib.Path(vllm_peer.__file__).with_name("make_random_llama.py")
+    model = tmp_path / "llama"
+    tiny = ["--layers=2", "--hidden=64", "--intermediate=128", "--heads=2", "--kv-heads=1"]
+    args = [python, str(maker), str(model), *tiny, "--vocab=512", "--init-std=0.3"]
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    prompts = vllm_peer.shared_prefix_prompts(4, 64, 8, 512, seed=0)
+    passes = [{"name": n, "prompts": prompts, "max_tokens": 4} for n in ("cold", "warm")]
+    spec = vllm_peer.make_spec(
+        model, passes, max_model_len=128, reset_prefix_cache_between_passes=False
+    )
+    result = vllm_peer.run_vllm(python, spec, timeout_s=600, log_path=tmp_path / "vllm.log")
+    assert result is not None and result["ok"]
+    assert result["effective_config"]["block_size"] == 32
+    cold, warm = result["passes"]
+    for p in (cold, warm):
+        assert p["generated_tokens"] == 16
+        assert all(r["finish_reason"] == "length" and r["ttft_s"] > 0 for r in p["requests"])
+    # Same prompts again, cache kept: every request reuses its two full 32-token blocks.
+    assert [r["num_cached_tokens"] for r in warm["requests"]] == [64] * 4
+    assert warm["prefix_cache"]["hits"] == 4 * 64
+    # Greedy tokens do not change when the prefix comes from the cache.
+    assert [r["token_ids"] for r in warm["requests"]] == [r["token_ids"] for r in cold["requests"]]
