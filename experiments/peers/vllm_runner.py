@@ -248,8 +248,10 @@ def process_tree_cpu_s() -> float:
     return total
 
 
-def prefix_cache_counters(llm) -> dict:
-    """vLLM's cumulative prefix-cache counters (tokens queried, tokens hit) from its metrics."""
+def prefix_cache_counters(llm) -> dict | None:
+    """vLLM's cumulative prefix-cache token counters (queried, hit); None when stats are off."""
+    if not llm.llm_engine.log_stats:
+        return None
     wanted = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
     counts = {"queries": 0, "hits": 0}
     for metric in llm.get_metrics():
@@ -258,8 +260,10 @@ def prefix_cache_counters(llm) -> dict:
     return counts
 
 
-def counter_delta(before: dict, after: dict) -> dict:
-    """Prefix-cache queries, hits and hit rate between two counter snapshots."""
+def counter_delta(before: dict | None, after: dict | None) -> dict:
+    """Prefix-cache queries, hits and hit rate between two counter snapshots (None: unknown)."""
+    if before is None or after is None:
+        return {"queries": None, "hits": None, "hit_rate": None}
     queries = after["queries"] - before["queries"]
     hits = after["hits"] - before["hits"]
     return {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries else None}

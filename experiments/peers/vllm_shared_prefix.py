@@ -26,17 +26,24 @@ _MAX_NUM_SEQS = flags.DEFINE_integer("max_num_seqs", 8, "Requests running at onc
 _BLOCK_SIZE = flags.DEFINE_integer("block_size", 16, "KV block size (vLLM CPU rounds up to 32s).")
 _MAX_BATCHED = flags.DEFINE_integer("max_num_batched_tokens", None, "Token budget per step.")
 _EXTRA = flags.DEFINE_string("extra_engine_args", "{}", "JSON dict passed to vllm.LLM as is.")
-_SEED = flags.DEFINE_integer("seed", 0, "Prompt seed (the timed pass uses seed + 1).")
+_TIMED_PASSES = flags.DEFINE_integer("timed_passes", 1, "Timed passes after the warm-up.")
+_SEED = flags.DEFINE_integer("seed", 0, "Prompt seed (pass i uses seed + i).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the result JSON.")
 _LOG = flags.DEFINE_string("log", None, "Where to write vLLM's full log.")
 _ECHO = flags.DEFINE_bool("echo", False, "Stream vLLM's log to stderr.")
 _TIMEOUT = flags.DEFINE_float("timeout_s", 900.0, "Wall-clock limit for the vLLM run.")
 
 
+def pass_names() -> list[str]:
+    """warmup, timed, timed_2, timed_3, ..."""
+    extra = [f"timed_{i}" for i in range(2, _TIMED_PASSES.value + 1)]
+    return ["warmup", "timed", *extra]
+
+
 def make_passes(vocab_size: int) -> list[dict]:
-    """A warm-up and a timed pass over different random shared-prefix prompts."""
+    """A warm-up and the timed passes, each over its own random shared-prefix prompts."""
     passes = []
-    for i, name in enumerate(("warmup", "timed")):
+    for i, name in enumerate(pass_names()):
         prompts = vllm_peer.shared_prefix_prompts(
             _NUM_REQUESTS.value, _PREFIX_LEN.value, _SUFFIX_LEN.value, vocab_size, _SEED.value + i
         )

@@ -177,6 +177,11 @@ def test_counter_delta():
     d = vllm_runner.counter_delta({"queries": 10, "hits": 2}, {"queries": 30, "hits": 17})
     assert d == {"queries": 20, "hits": 15, "hit_rate": 0.75}
     assert vllm_runner.counter_delta(d, d)["hit_rate"] is None
+    assert vllm_runner.counter_delta(None, None) == {
+        "queries": None,
+        "hits": None,
+        "hit_rate": None,
+    }
 
 
 def test_a_failed_runner_raises_with_its_error_lines_and_log_tail(tmp_path):
@@ -287,7 +292,7 @@ def test_real_vllm_run_on_a_tiny_random_llama(tmp_path):
     spec = vllm_peer.make_spec(
         model, passes, max_model_len=128, reset_prefix_cache_between_passes=False
     )
-    result = vllm_peer.run_vllm(python, spec, timeout_s=600, log_path=tmp_path / "vllm.log")
+    result = vllm_peer.run_vllm(python, spec, timeout_s=900, log_path=tmp_path / "vllm.log")
     assert result is not None and result["ok"]
     assert result["effective_config"]["block_size"] == 32
     cold, warm = result["passes"]
