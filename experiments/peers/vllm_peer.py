@@ -23,7 +23,8 @@ Result (JSON object):
     peer, device       "vllm", "cpu"
     versions           {"vllm", "torch", "numpy", "python"}
     host               {"platform", "processor", "cpu_count", "affinity"}
-    env                the VLLM_* / OMP_* / ... variables the runner saw
+    env                the VLLM_* / OMP_* / TORCH* ... variables after importing vllm (which
+                       sets a few itself, e.g. TORCHINDUCTOR_COMPILE_THREADS)
     spec               the spec with defaults filled in, without its prompts
     engine_args        the keyword arguments given to vllm.LLM
     adjustments        [str]: where the engine runs with other settings than the spec asked
@@ -45,6 +46,7 @@ Result (JSON object):
                                near the core count means vLLM had the machine to itself
         load_avg_1m            {"before", "after"}: the machine's 1-minute load average
         ttft_s                 {"n", "mean", "min", "p50", "p90", "p99", "max"} or null
+        decode_step_s          the same summary over each request's decode_s / (tokens - 1)
         requests               [request], in prompt order:
             prompt_tokens, num_cached_tokens, token_ids, finish_reason
             ttft_s             first token minus this request's arrival (vLLM's metrics)

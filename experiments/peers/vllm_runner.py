@@ -295,6 +295,12 @@ def request_record(out, t0: float) -> dict:
     return rec
 
 
+def decode_step_s(rec: dict) -> float | None:
+    """Mean seconds between a request's tokens after its first (None when unknown)."""
+    steps = len(rec["token_ids"]) - 1
+    return rec["decode_s"] / steps if rec["decode_s"] is not None and steps > 0 else None
+
+
 def summarize(values: list[float | None]) -> dict | None:
     """Count, mean and quantiles of the non-missing values (None when there are none)."""
     import numpy as np
@@ -340,6 +346,7 @@ def run_pass(llm, p: dict, reset: bool) -> dict:
         "load_avg_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "prefix_cache": counter_delta(before, prefix_cache_counters(llm)),
         "ttft_s": summarize([r["ttft_s"] for r in requests]),
+        "decode_step_s": summarize([decode_step_s(r) for r in requests]),
         "requests": requests,
     }
 

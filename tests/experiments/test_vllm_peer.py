@@ -173,6 +173,13 @@ def test_summarize_skips_missing_values():
     assert vllm_runner.summarize([None]) is None
 
 
+def test_decode_step_s():
+    rec = {"token_ids": [5, 6, 7, 8, 9], "decode_s": 0.2}
+    assert vllm_runner.decode_step_s(rec) == pytest.approx(0.05)
+    assert vllm_runner.decode_step_s({**rec, "decode_s": None}) is None
+    assert vllm_runner.decode_step_s({"token_ids": [5], "decode_s": 0.0}) is None
+
+
 def test_counter_delta():
     d = vllm_runner.counter_delta({"queries": 10, "hits": 2}, {"queries": 30, "hits": 17})
     assert d == {"queries": 20, "hits": 15, "hit_rate": 0.75}
