@@ -103,7 +103,8 @@ def default_vllm_python(root: pathlib.Path | None = None) -> str | None:
 def skip_reason(python: str | None) -> str | None:
     """Why `python` cannot run the peer (missing, not runnable, no vllm), or None if it can."""
     if not python:
-        return "no vLLM python given"
+        default = repo_root() / ".peers" / "vllm" / "bin" / "python"
+        return f"no vLLM python given, and there is no {default}"
     exe = shutil.which(python)
     if exe is None:
         return f"{python} does not exist or is not executable"
