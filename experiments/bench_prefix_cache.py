@@ -218,18 +218,25 @@ def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
             {"name": "timed", "prompts": prompts["timed"], "max_tokens": _MAX_TOKENS.value},
         ],
     }
-    result = vllm_peer.run_vllm(python, spec, timeout_s=1800)
+    try:
+        result = vllm_peer.run_vllm(python, spec, timeout_s=1800)
+    except vllm_peer.VllmPeerError as err:
+        print(f"vLLM peer failed: {err}")
+        return None
     if result is None:
         return None
     passes = {p["name"]: p for p in result["passes"]}
     timed = passes["timed"]
     return {
         "wall_s": timed["wall_s"],
-        "ttft_probe_cold_s": passes["probe_cold"]["wall_s"],
-        "ttft_probe_hit_s": passes["probe_hit"]["wall_s"],
-        "hit_tokens": sum(timed.get("num_cached_tokens") or [0]),
-        "token_ids": timed.get("token_ids"),
+        "cpu_s": timed.get("cpu_s"),
+        "ttft_probe_cold_s": passes["probe_cold"]["requests"][0]["ttft_s"],
+        "ttft_probe_hit_s": passes["probe_hit"]["requests"][0]["ttft_s"],
+        "ttft_s": timed.get("ttft_s"),
+        "hit_tokens": timed.get("cached_tokens"),
+        "token_ids": [r["token_ids"] for r in timed["requests"]],
         "engine_start_s": result.get("engine_start_s"),
+        "adjustments": result.get("adjustments"),
         "versions": result.get("versions"),
     }
 
