@@ -1,0 +1,187 @@
+"""The decoder-only transformer (Llama / Mistral / Qwen2 / Qwen3) in Flax NNX, over paged KV.
+
+Weights are stored in the layout the matmul wants, ``x @ kernel`` with ``kernel: f[in, out]``
+(Hugging Face's ``[out, in]`` is transposed once, at load time), and the projections that read the
+same input are fused: q/k/v into ``qkv_proj`` (columns ``[q | k | v]``) and gate/up into
+``gate_up_proj`` (columns ``[gate | up]``). A decode step then reads every weight exactly once.
+
+Numerics follow transformers: params, activations and KV share one dtype; RMSNorm and RoPE angles
+are computed in float32 and cast back; attention runs in float32 inside the kernel; logits are
+accumulated and returned in float32.
+
+Use the pure function `forward`; the modules are its implementation.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pcjax import kernels
+from pcjax.cache.kv_pages import KVCache
+from pcjax.kernels import AttentionMetadata, write_kv
+from pcjax.models.config import ModelConfig
+from pcjax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+
+class RMSNorm(nnx.Module):
+    """``weight * (x / rms(x))`` over the last axis; the normalization itself in float32."""
+
+    def __init__(self, dim: int, eps: float, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))  # f[dim]
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        variance = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        normed = (xf * jax.lax.rsqrt(variance + self.eps)).astype(x.dtype)
+        return self.weight[...] * normed
+
+
+class Linear(nnx.Module):
+    """``x @ kernel (+ bias)`` with the kernel stored ``f[in, out]``."""
+
+    def __init__(self, in_dim: int, out_dim: int, dtype, *, bias: bool = False):
+        self.kernel = nnx.Param(jnp.zeros((in_dim, out_dim), dtype))  # f[in, out]
+        self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if bias else None  # f[out]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel[...]
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Attention(nnx.Module):
+    """GQA self-attention over the paged KV cache of one layer."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype):
+        n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.qkv_proj = Linear(d, (n + 2 * k) * h, dtype, bias=cfg.attention_bias)
+        self.o_proj = Linear(n * h, d, dtype, bias=cfg.attention_out_bias)
+        self.q_norm = RMSNorm(h, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(h, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self.shape = (n, k, h)
+        self.sliding_window = cfg.layer_window(layer)
+
+    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl):
+        """x: f[T, D] -> (f[T, D], k_pages, v_pages) with this step's K/V written."""
+        n, k, h = self.shape
+        qkv = self.qkv_proj(x)  # f[T, (N + 2K) H]
+        q = qkv[:, : n * h].reshape(-1, n, h)  # f[T, N, H]
+        key = qkv[:, n * h : (n + k) * h].reshape(-1, k, h)  # f[T, K, H]
+        value = qkv[:, (n + k) * h :].reshape(-1, k, h)  # f[T, K, H]
+        if self.q_norm is not None:
+            q, key = self.q_norm(q), self.k_norm(key)
+        q, key = apply_rope(q, cos, sin), apply_rope(key, cos, sin)
+        k_pages, v_pages = write_kv(k_pages, v_pages, key, value, md.slot_mapping)
+        out = kernels.ragged_paged_attention(
+            q,
+            k_pages,
+            v_pages,
+            md,
+            sm_scale=h**-0.5,
+            sliding_window=self.sliding_window,
+            impl=attention_impl,
+        )  # f[T, N, H]
+        return self.o_proj(out.reshape(-1, n * h)), k_pages, v_pages
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused."""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, dtype)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype)
+        self.intermediate_size = cfg.intermediate_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate_up = self.gate_up_proj(x)  # f[T, 2F]
+        gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
+        return self.down_proj(jax.nn.silu(gate) * up)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: ``x += attn(norm(x)); x += mlp(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = Attention(cfg, layer, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = MLP(cfg, dtype)
+
+    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl):
+        attn, k_pages, v_pages = self.self_attn(
+            self.input_layernorm(x), cos, sin, k_pages, v_pages, md, attention_impl
+        )
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k_pages, v_pages
+
+
+class Transformer(nnx.Module):
+    """Token embedding, L decoder layers, final norm and LM head (tied or not).
+
+    Build it abstractly (``nnx.eval_shape(lambda: Transformer(cfg, dtype))``) and fill the state
+    from a checkpoint: the constructor's zeros/ones are placeholders, not an initialization.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype="float32"):
+        dtype = jnp.dtype(dtype)
+        self.embed_tokens = nnx.Param(
+            jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype)
+        )  # f[V, D]
+        self.layers = nnx.List([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, dtype)
+        )
+        self.rope = (
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_scaling,
+        )  # static: a trace-time constant
+        self.dtype = dtype
+
+    def __call__(self, tokens, positions, kv_cache, md, logits_indices, attention_impl):
+        x = self.embed_tokens[...][tokens]  # f[T, D]
+        head_dim, theta, scaling = self.rope
+        inv_freq = inverse_frequencies(head_dim, theta, dict(scaling) if scaling else None)
+        cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)  # f[T, H] each
+        new_k, new_v = [], []
+        for layer, k_pages, v_pages in zip(self.layers, kv_cache.k, kv_cache.v, strict=True):
+            x, k_pages, v_pages = layer(x, cos, sin, k_pages, v_pages, md, attention_impl)
+            new_k.append(k_pages)
+            new_v.append(v_pages)
+        if logits_indices is not None:
+            x = x[logits_indices]  # f[R, D]: only the rows whose logits are wanted
+        return self.logits(self.norm(x)), KVCache(k=tuple(new_k), v=tuple(new_v))
+
+    def logits(self, x: jax.Array) -> jax.Array:  # f[R, D] -> f32[R, V]
+        if self.lm_head is None:
+            dims = (((1,), (1,)), ((), ()))  # x @ embed.T without materializing the transpose
+            return jax.lax.dot_general(
+                x, self.embed_tokens[...], dims, preferred_element_type=jnp.float32
+            )
+        return jnp.dot(x, self.lm_head.kernel[...], preferred_element_type=jnp.float32)
+
+
+def forward(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,  # i32[T]
+    positions: jax.Array,  # i32[T]
+    kv_cache: KVCache,
+    md: AttentionMetadata,
+    *,
+    logits_indices: jax.Array | None = None,  # i32[R]
+    attention_impl: str = "reference",
+) -> tuple[jax.Array, KVCache]:  # f32[T or R, V], the updated cache
+    """Runs the model over one step's tokens (pure; jit it with `graphdef` static or closed over).
+
+    Each layer projects q/k/v, rotates q/k at `positions`, writes K/V into its pages at
+    ``md.slot_mapping`` and attends with `pcjax.kernels.ragged_paged_attention(impl=...)`.
+
+    Returns:
+      float32 logits of every token, or only of the rows `logits_indices` (computing the LM head
+      for those rows only), and the updated KV cache (donate the input cache when jitting).
+    """
+    model = nnx.merge(graphdef, params)
+    return model(tokens, positions, kv_cache, md, logits_indices, attention_impl)
