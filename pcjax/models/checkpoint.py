@@ -5,23 +5,23 @@ Reading: a directory holds ``model.safetensors`` or shards listed in
 ``{name: {dtype, shape, data_offsets}}`` and the raw little-endian data; it is read with numpy
 directly (bfloat16 through ml_dtypes), one tensor at a time, without torch.
 
-Mapping (HF ``[out, in]`` Linear weights are transposed to ``[in, out]``; ``i`` is the layer):
+Mapping (weights keep HF's ``[out, in]`` layout; fused ones are HF tensors stacked along the out
+axis; ``i`` is the layer):
 
-=========================================  ==========================================  =========
+=========================================  ==========================================  ========
 pcjax param                                Hugging Face tensor(s)                       op
-=========================================  ==========================================  =========
+=========================================  ==========================================  ========
 embed_tokens                               model.embed_tokens.weight                    copy
 layers.i.input_layernorm.weight            model.layers.i.input_layernorm.weight        copy
-layers.i.self_attn.qkv_proj.kernel         ...self_attn.{q,k,v}_proj.weight             T, concat
-layers.i.self_attn.qkv_proj.bias           ...self_attn.{q,k,v}_proj.bias               concat
-layers.i.self_attn.o_proj.kernel (/bias)   ...self_attn.o_proj.weight (/bias)           T (copy)
+layers.i.self_attn.qkv_proj.weight (/bias) ...self_attn.{q,k,v}_proj.weight (/bias)     concat
+layers.i.self_attn.o_proj.weight (/bias)   ...self_attn.o_proj.weight (/bias)           copy
 layers.i.self_attn.{q,k}_norm.weight       ...self_attn.{q,k}_norm.weight               copy
 layers.i.post_attention_layernorm.weight   ...post_attention_layernorm.weight           copy
-layers.i.mlp.gate_up_proj.kernel           ...mlp.{gate,up}_proj.weight                 T, concat
-layers.i.mlp.down_proj.kernel              ...mlp.down_proj.weight                      T
+layers.i.mlp.gate_up_proj.weight           ...mlp.{gate,up}_proj.weight                 concat
+layers.i.mlp.down_proj.weight              ...mlp.down_proj.weight                      copy
 norm.weight                                model.norm.weight                            copy
-lm_head.kernel (untied only)               lm_head.weight                               T
-=========================================  ==========================================  =========
+lm_head.weight (untied only)               lm_head.weight                               copy
+=========================================  ==========================================  ========
 
 Extra tensors (e.g. ``lm_head.weight`` of a tied model, rotary buffers) are ignored.
 """
@@ -159,8 +159,7 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# Recipe ops: "copy" (one tensor as is), "concat" (1-D tensors joined), "transpose_concat" (2-D
-# [out, in] tensors transposed to [in, out] and joined along the out columns).
+# Recipe ops: "copy" (one tensor as is) and "concat" (tensors joined along axis 0, the out axis).
 
 
 def param_recipes(cfg: ModelConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -170,7 +169,7 @@ def param_recipes(cfg: ModelConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
         "norm.weight": ("copy", ("model.norm.weight",)),
     }
     if not cfg.tie_word_embeddings:
-        recipes["lm_head.kernel"] = ("transpose_concat", ("lm_head.weight",))
+        recipes["lm_head.weight"] = ("copy", ("lm_head.weight",))
     for i in range(cfg.num_layers):
         recipes |= _layer_recipes(cfg, f"model.layers.{i}.", f"layers.{i}.")
     return recipes
@@ -182,13 +181,13 @@ def _layer_recipes(cfg: ModelConfig, hf: str, me: str) -> dict[str, tuple[str, t
     recipes = {
         me + "input_layernorm.weight": ("copy", (hf + "input_layernorm.weight",)),
         me + "post_attention_layernorm.weight": ("copy", (hf + "post_attention_layernorm.weight",)),
-        me + "self_attn.qkv_proj.kernel": ("transpose_concat", tuple(n + ".weight" for n in qkv)),
-        me + "self_attn.o_proj.kernel": ("transpose_concat", (attn + "o_proj.weight",)),
-        me + "mlp.gate_up_proj.kernel": (
-            "transpose_concat",
+        me + "self_attn.qkv_proj.weight": ("concat", tuple(n + ".weight" for n in qkv)),
+        me + "self_attn.o_proj.weight": ("copy", (attn + "o_proj.weight",)),
+        me + "mlp.gate_up_proj.weight": (
+            "concat",
             (mlp + "gate_proj.weight", mlp + "up_proj.weight"),
         ),
-        me + "mlp.down_proj.kernel": ("transpose_concat", (mlp + "down_proj.weight",)),
+        me + "mlp.down_proj.weight": ("copy", (mlp + "down_proj.weight",)),
     }
     if cfg.attention_bias:
         recipes[me + "self_attn.qkv_proj.bias"] = ("concat", tuple(n + ".bias" for n in qkv))
@@ -202,25 +201,20 @@ def _layer_recipes(cfg: ModelConfig, hf: str, me: str) -> dict[str, tuple[str, t
 
 def param_shape(op: str, hf_shapes_of_parts: list[tuple[int, ...]]) -> tuple[int, ...]:
     """The pcjax param shape a recipe builds from HF tensors of these shapes."""
+    first = hf_shapes_of_parts[0]
     if op == "copy":
-        return hf_shapes_of_parts[0]
-    out = sum(shape[0] for shape in hf_shapes_of_parts)
-    return (out,) if op == "concat" else (hf_shapes_of_parts[0][1], out)
+        return first
+    return (sum(shape[0] for shape in hf_shapes_of_parts), *first[1:])
 
 
 def _apply(op: str, tensors: list[np.ndarray]) -> np.ndarray:
-    if op == "copy":
-        return tensors[0]
-    if op == "concat":
-        return np.concatenate(tensors, axis=0)
-    return np.concatenate([t.T for t in tensors], axis=1)
+    return tensors[0] if op == "copy" else np.concatenate(tensors, axis=0)
 
 
 def _invert(op: str, array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     if op == "copy":
         return [array]
-    parts = np.split(array, np.cumsum(sizes)[:-1], axis=0 if op == "concat" else 1)
-    return parts if op == "concat" else [np.ascontiguousarray(part.T) for part in parts]
+    return [np.ascontiguousarray(part) for part in np.split(array, np.cumsum(sizes)[:-1])]
 
 
 def convert(

@@ -127,7 +127,7 @@ def preset_params(preset: Preset) -> dict[str, np.ndarray]:
     for path, (op, names) in checkpoint.param_recipes(preset.config).items():
         shape = checkpoint.param_shape(op, [shapes[name] for name in names])
         stds = [np.full(shapes[name][0], _std(name, preset.config), np.float32) for name in names]
-        std = stds[0][0] if op == "copy" else np.concatenate(stds)  # per output column
+        std = np.concatenate(stds).reshape(-1, *[1] * (len(shape) - 1))  # per output row
         sample = rng.random(shape, dtype=np.float32)
         sample -= np.float32(0.5)
         sample *= np.float32(2 * np.sqrt(3)) * std  # U(-a, a) has std a / sqrt(3)

@@ -1,9 +1,12 @@
 """The decoder-only transformer (Llama / Mistral / Qwen2 / Qwen3) in Flax NNX, over paged KV.
 
-Weights are stored in the layout the matmul wants, ``x @ kernel`` with ``kernel: f[in, out]``
-(Hugging Face's ``[out, in]`` is transposed once, at load time), and the projections that read the
-same input are fused: q/k/v into ``qkv_proj`` (columns ``[q | k | v]``) and gate/up into
-``gate_up_proj`` (columns ``[gate | up]``). A decode step then reads every weight exactly once.
+Weights are stored ``f[out, in]`` (Hugging Face's layout) and applied as ``x @ weight.T`` by a
+``dot_general`` contracting both minor dims, so no transpose is ever materialized. On XLA:CPU this
+is also the layout the matmul wants: for decode (a few rows of x) each output is a dot product of
+two contiguous rows, and the step measured ~1.4x faster than with ``[in, out]`` weights; prefill
+is the same either way. The projections that read the same input are fused: q/k/v into
+``qkv_proj`` (rows ``[q | k | v]``) and gate/up into ``gate_up_proj`` (rows ``[gate | up]``), so
+a decode step reads every weight exactly once, in few large matmuls.
 
 Numerics follow transformers: params, activations and KV share one dtype; RMSNorm and RoPE angles
 are computed in float32 and cast back; attention runs in float32 inside the kernel; logits are
@@ -37,15 +40,23 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * normed
 
 
+_NT = (((1,), (1,)), ((), ()))  # dot_general dims of x[T, in] . w[out, in] -> [T, out]
+
+
+def dot_nt(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """``x @ w.T`` for x f[T, in] and w f[out, in], without transposing w."""
+    return jax.lax.dot_general(x, w, _NT, preferred_element_type=out_dtype)
+
+
 class Linear(nnx.Module):
-    """``x @ kernel (+ bias)`` with the kernel stored ``f[in, out]``."""
+    """``x @ weight.T (+ bias)`` with the weight stored ``f[out, in]`` like torch."""
 
     def __init__(self, in_dim: int, out_dim: int, dtype, *, bias: bool = False):
-        self.kernel = nnx.Param(jnp.zeros((in_dim, out_dim), dtype))  # f[in, out]
+        self.weight = nnx.Param(jnp.zeros((out_dim, in_dim), dtype))  # f[out, in]
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if bias else None  # f[out]
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.kernel[...]
+    def __call__(self, x: jax.Array) -> jax.Array:  # f[T, in] -> f[T, out]
+        y = dot_nt(x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -155,12 +166,9 @@ class Transformer(nnx.Module):
         return self.logits(self.norm(x)), KVCache(k=tuple(new_k), v=tuple(new_v))
 
     def logits(self, x: jax.Array) -> jax.Array:  # f[R, D] -> f32[R, V]
-        if self.lm_head is None:
-            dims = (((1,), (1,)), ((), ()))  # x @ embed.T without materializing the transpose
-            return jax.lax.dot_general(
-                x, self.embed_tokens[...], dims, preferred_element_type=jnp.float32
-            )
-        return jnp.dot(x, self.lm_head.kernel[...], preferred_element_type=jnp.float32)
+        """The LM head (or the tied embedding, both f[V, D]), accumulated in float32."""
+        head = self.embed_tokens if self.lm_head is None else self.lm_head.weight
+        return dot_nt(x, head[...], jnp.float32)
 
 
 def forward(

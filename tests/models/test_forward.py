@@ -28,12 +28,11 @@ def test_chunked_prefill_matches_one_shot(tiny, prompts, solo):
 
 def test_mixed_batch_matches_sequences_alone(tiny, prompts, solo):
     """One step mixes a prefill chunk over a cached prefix, a whole prefill and a decode."""
-    runner = PagedRunner(tiny, num_seqs=3, max_len=32, page_size=4, seed=11)
+    runner = PagedRunner(tiny, num_seqs=3, page_size=4, seed=11)
     runner.step([Chunk(0, prompts[0][:16], 0), Chunk(2, prompts[2], 0)])  # fills the cache
     first_decode = solo[2][1][0]
     logits = runner.step(
         [Chunk(0, prompts[0][16:], 16), Chunk(1, prompts[1], 0), Chunk(2, (first_decode,), 14)],
-        pad_tokens=3,
     )
     np.testing.assert_allclose(logits[0], solo[0][0][-1], atol=ATOL)
     np.testing.assert_allclose(logits[1], solo[1][0][-1], atol=ATOL)
@@ -41,7 +40,7 @@ def test_mixed_batch_matches_sequences_alone(tiny, prompts, solo):
 
 
 def test_logits_indices_select_rows(tiny, prompts, solo):
-    runner = PagedRunner(tiny, num_seqs=1, max_len=32, page_size=4, seed=3)
+    runner = PagedRunner(tiny, page_size=4, seed=3)
     all_rows = runner.step([Chunk(0, prompts[0], 0)], all_logits=True)
     np.testing.assert_allclose(all_rows, solo[0][0], atol=ATOL)
     assert all_rows.shape == (len(prompts[0]), tiny.config.vocab_size)
