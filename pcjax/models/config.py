@@ -29,7 +29,19 @@ ARCHITECTURES = {
 _MODEL_TYPES = {family: arch for arch, family in ARCHITECTURES.items()}
 ROPE_TYPES = ("default", "llama3")
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 32768, "qwen2": 32768, "qwen3": 32768}
+# transformers' class defaults, for fields a config.json may omit
+_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768}
+_DEFAULT_HEAD_DIM = {"qwen3": 128}  # the others default to hidden_size // num_attention_heads
+_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,16 +89,7 @@ class ModelConfig:
         _require(
             self.architecture in ARCHITECTURES, _unsupported("architecture", self.architecture)
         )
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "max_position_embeddings",
-        ):
+        for name in _SIZES:
             value = getattr(self, name)
             _require(
                 isinstance(value, int) and value > 0,
@@ -94,28 +97,19 @@ class ModelConfig:
             )
         _require(
             self.num_heads % self.num_kv_heads == 0,
-            f"num_heads ({self.num_heads}) must be a "
-            f"multiple of num_kv_heads ({self.num_kv_heads})",
+            f"num_heads ({self.num_heads}) must be "
+            f"a multiple of num_kv_heads ({self.num_kv_heads})",
         )
         _require(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
         _require(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta!r}")
         _require(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         if self.rope_scaling is not None:
             _check_llama3(dict(self.rope_scaling))
-        if self.sliding_window is not None:
-            _require(
-                isinstance(self.sliding_window, int) and self.sliding_window > 0,
-                f"sliding_window must be a positive int or None, got {self.sliding_window!r}",
-            )
-        if self.sliding_layers is not None:
-            _require(
-                all(0 <= i < self.num_layers for i in self.sliding_layers),
-                f"sliding_layers must index layers 0..{self.num_layers - 1}",
-            )
+        _check_window(self)
 
     @property
     def family(self) -> str:
-        """ "llama", "mistral", "qwen2" or "qwen3"."""
+        """The family name: llama, mistral, qwen2 or qwen3."""
         return ARCHITECTURES[self.architecture]
 
     def layer_window(self, layer: int) -> int | None:
@@ -150,9 +144,11 @@ class ModelConfig:
         architecture = _architecture(hf)
         family = ARCHITECTURES[architecture]
         _check_unsupported_options(hf)
-        get = lambda name: _required(hf, name)  # noqa: E731
+        get = lambda name: _required(hf, name)
         num_heads = get("num_attention_heads")
-        head_dim = hf.get("head_dim") or get("hidden_size") // num_heads
+        head_dim = (
+            hf.get("head_dim") or _DEFAULT_HEAD_DIM.get(family) or (get("hidden_size") // num_heads)
+        )
         rope_theta, rope_scaling = _rope(hf)
         window, layers = _sliding_window(hf, family, get("num_hidden_layers"))
         bias = bool(hf.get("attention_bias", False))
@@ -177,7 +173,7 @@ class ModelConfig:
             max_position_embeddings=hf.get("max_position_embeddings")
             or _DEFAULT_MAX_POSITIONS[family],
             bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=_as_ids(hf.get("eos_token_id")),
+            eos_token_ids=token_ids(hf.get("eos_token_id")),
         )
 
     def to_hf_config(self) -> dict[str, Any]:
@@ -205,6 +201,19 @@ class ModelConfig:
             "torch_dtype": "float32",
         }
         return hf | _family_hf_fields(self)
+
+
+def _check_window(cfg: ModelConfig) -> None:
+    if cfg.sliding_window is not None:
+        _require(
+            isinstance(cfg.sliding_window, int) and cfg.sliding_window > 0,
+            f"sliding_window must be a positive int or None, got {cfg.sliding_window!r}",
+        )
+    if cfg.sliding_layers is not None:
+        _require(
+            all(0 <= i < cfg.num_layers for i in cfg.sliding_layers),
+            f"sliding_layers must index layers 0..{cfg.num_layers - 1}",
+        )
 
 
 def _family_hf_fields(cfg: ModelConfig) -> dict[str, Any]:
@@ -304,7 +313,8 @@ def _sliding_window(hf: dict, family: str, num_layers: int):
     return (window, layers) if layers else (None, None)
 
 
-def _as_ids(value) -> tuple[int, ...]:
+def token_ids(value) -> tuple[int, ...]:
+    """A config's token id field (None, an int or a list of ints) as a tuple."""
     if value is None:
         return ()
     return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)

@@ -75,7 +75,7 @@ class PagedRunner:
         cu_q_lens = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
         tokens, positions, slots = self._flatten([by_seq[b] for b in sorted(by_seq)])
         num_real, padded = len(tokens), _bucket(len(tokens), 8)
-        pad = lambda x: np.array(x + [0] * (padded - num_real), np.int32)  # noqa: E731
+        pad = lambda x: np.array(x + [0] * (padded - num_real), np.int32)
         kv_lens = np.array(
             [
                 by_seq[b].num_cached + q_lens[b] if b in by_seq else 0

@@ -70,6 +70,13 @@ def test_qwen_sliding_window_only_when_enabled():
     assert [on.layer_window(i) for i in range(2)] == [None, 4096]
 
 
+def test_family_defaults_for_omitted_fields():
+    qwen3 = ModelConfig.from_hf_config(LLAMA | {"architectures": ["Qwen3ForCausalLM"]})
+    assert qwen3.head_dim == 128  # transformers' Qwen3Config default, not hidden / heads
+    mistral = ModelConfig.from_hf_config(LLAMA | {"architectures": ["MistralForCausalLM"]})
+    assert mistral.head_dim == 16 and mistral.max_position_embeddings == 131072
+
+
 def test_model_type_without_architectures():
     cfg = ModelConfig.from_hf_config(
         {k: v for k, v in LLAMA.items() if k != "architectures"} | {"model_type": "qwen3"}

@@ -22,6 +22,8 @@ def test_same_seed_same_params_other_seed_other_params():
 def test_load_preset_is_deterministic(tiny):
     again = models.load("pcjax-tiny")
     assert jax.tree.all(jax.tree.map(np.array_equal, tiny.params, again.params))
+    # equal graphdefs (hashable, static under jit): engines of one model share compiled programs
+    assert again.graphdef == tiny.graphdef and hash(again.graphdef) == hash(tiny.graphdef)
 
 
 def test_write_preset_round_trips(tiny, tmp_path):
