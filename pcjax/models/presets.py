@@ -2,12 +2,15 @@
 
 They exist for tests, benchmarks and demos; their text is gibberish. Weights are drawn with numpy's
 PCG64 generator from the preset's seed (see `preset_params`), so the same seed gives bit-identical
-weights on every machine. `write_preset` materializes a preset as a real
-Hugging Face checkpoint directory that transformers and vLLM load as the very same model.
+weights on every machine. `write_preset` materializes a preset as a real Hugging Face checkpoint
+directory that transformers and vLLM load as the very same model (checked against transformers:
+logits within 1e-4, identical greedy tokens).
 
 Initialization (D model dim, F MLP dim, N*H attention width), chosen so that activations stay
-O(1) over all layers, attention depends on the context and greedy tokens are robust to float
-rounding (the LM head spreads logits with std ~= 8, so top-1/top-2 gaps are rarely tiny):
+O(1) over all layers, the output depends strongly on the context (a cache bug shows) and greedy
+tokens are robust to float rounding. Measured on pcjax-small over a 96-token prompt: logits have
+std ~8 and a median top-1/top-2 gap of ~1.7 (1% of positions below 0.01), while one-shot vs
+chunked prefill differ by < 1e-4 in f32; changing the first token moves the last logits by ~19.
 
 ===========================  ==============================
 tensor                       std of a zero-mean uniform
