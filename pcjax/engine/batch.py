@@ -1,7 +1,7 @@
 """Turns a scheduled step into the padded arrays of one jitted call (host, numpy only).
 
-Shapes are bucketed to powers of two so that a handful of programs serve every step, and steady
-decode (same number of sequences, contexts growing inside one page-count bucket) never recompiles:
+Shapes are bucketed (`bucket`) so that a handful of programs serve every step, and steady decode
+(same number of sequences, contexts growing inside one page-count bucket) never recompiles:
 
 ====================  =====================================  =======================
 array                 shape                                   padding
@@ -28,10 +28,19 @@ import numpy as np
 from pcjax.engine.request import Request
 from pcjax.engine.scheduler import ScheduledStep
 
+TOKEN_STEP = 128  # T and Q: powers of two up to 128, then multiples of 128 (< 20% padding)
+PAGE_STEP = 16  # M: powers of two up to 16 pages, then multiples of 16
 
-def bucket(n: int, minimum: int = 1) -> int:
-    """The smallest power of two >= max(n, minimum)."""
+
+def bucket(n: int, minimum: int = 1, step: int | None = None) -> int:
+    """Rounds n up: to a power of two (>= minimum) while below `step`, then to a multiple of it.
+
+    Powers of two keep the number of compiled shapes small; above `step`, multiples bound the
+    padding (a 576-token prefill pads to 640, not 1024).
+    """
     n = max(n, minimum)
+    if step is not None and n > step:
+        return -(-n // step) * step
     return 1 << (n - 1).bit_length()
 
 
@@ -57,9 +66,11 @@ class StepArrays:
 def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: int) -> StepArrays:
     """Lays out the step's tokens flat, sequence after sequence, and pads every dimension."""
     num_seqs = bucket(len(step.entries))
-    num_tokens = bucket(step.num_tokens, minimum=8)
+    num_tokens = bucket(step.num_tokens, minimum=8, step=TOKEN_STEP)
     most_pages = max(len(req.pages) for req, _ in step.entries)
-    pages_per_seq = min(bucket(most_pages), bucket(max_pages_per_seq))
+    pages_per_seq = min(
+        bucket(most_pages, step=PAGE_STEP), bucket(max_pages_per_seq, step=PAGE_STEP)
+    )
     arrays = _empty(num_tokens, num_seqs, pages_per_seq)
     offset = 0
     for row, (req, n) in enumerate(step.entries):
@@ -67,7 +78,7 @@ def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: in
         offset += n
     arrays["cu_q_lens"][len(step.entries) + 1 :] = offset
     max_q = max(n for _, n in step.entries)
-    return StepArrays(**arrays, max_q_len=min(bucket(max_q), num_tokens))
+    return StepArrays(**arrays, max_q_len=min(bucket(max_q, step=TOKEN_STEP), num_tokens))
 
 
 def _empty(num_tokens: int, num_seqs: int, pages_per_seq: int) -> dict:
