@@ -114,10 +114,16 @@ def ref_ragged_paged_attention(
 
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "sliding_window", "soft_cap"))
-def ragged_paged_attention_reference(q, k_pages, v_pages, md, *, sm_scale, sliding_window=None,
-                                     soft_cap=None):
+def ragged_paged_attention_reference(
+    q, k_pages, v_pages, md, *, sm_scale, sliding_window=None, soft_cap=None
+):
     """Jitted reference, for benchmarks and tests."""
     return ref_ragged_paged_attention(
-        q, k_pages, v_pages, md, sm_scale=sm_scale, sliding_window=sliding_window,
+        q,
+        k_pages,
+        v_pages,
+        md,
+        sm_scale=sm_scale,
+        sliding_window=sliding_window,
         soft_cap=soft_cap,
     )
