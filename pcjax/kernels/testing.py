@@ -4,7 +4,8 @@
 (a permuted page table padded with the null page 0), the cached prefix of each sequence is already
 in the pages, and the step's new K/V come separately to be scattered with `write_kv`. Everything
 the kernels must never read (the null page, pages nobody owns, slots past a sequence's kv_len) is
-NaN when ``poison`` is set, so a stray read shows up as NaN in the output.
+NaN when ``poison`` is set, and so are the padding tokens' q/k/v, so a stray read shows up as NaN
+in the output.
 """
 
 from typing import NamedTuple
@@ -20,7 +21,7 @@ class Batch(NamedTuple):
     """One attention step before its K/V are written (``write_kv(k_pages, v_pages, k, v, ...)``)."""
 
     q: jax.Array  # f[T, N, H]
-    k: jax.Array  # f[T, K, H]: the step's new keys (padding tokens: zeros)
+    k: jax.Array  # f[T, K, H]: the step's new keys (padding tokens: NaN when poisoned)
     v: jax.Array  # f[T, K, H]
     k_pages: jax.Array  # f[NP, P, K, H]: cached prefixes only
     v_pages: jax.Array  # f[NP, P, K, H]
@@ -76,12 +77,11 @@ def make_batch(
                 (int(cached.sum()), num_kv_heads, head_dim)
             )
         slot_mapping[cu_q_lens[b] : cu_q_lens[b + 1]] = (pages * page_size + offsets)[~cached]
-    real = np.arange(num_tokens) < cu_q_lens[-1]
-    q = rng.standard_normal((num_tokens, num_heads, head_dim)) * real[:, None, None]
-    k, v = (
-        rng.standard_normal((num_tokens, num_kv_heads, head_dim)) * real[:, None, None]
-        for _ in range(2)
-    )
+    # Padding tokens (past cu_q_lens[B]) carry NaN (or 0) queries, keys and values; their K/V
+    # land in the null page, which therefore stays poisoned after `write_kv`.
+    pad = np.where(np.arange(num_tokens) < cu_q_lens[-1], 0.0, fill)[:, None, None]
+    q = rng.standard_normal((num_tokens, num_heads, head_dim)) + pad
+    k, v = (rng.standard_normal((num_tokens, num_kv_heads, head_dim)) + pad for _ in range(2))
     md = AttentionMetadata(
         slot_mapping=jnp.asarray(slot_mapping),
         page_table=jnp.asarray(page_table),
