@@ -39,11 +39,23 @@ def num_work_items(num_seqs: int, num_tokens: int, max_q_len: int, block_q: int)
     return max(1, min(num_seqs * _cdiv(max_q_len, block_q), _cdiv(num_tokens, block_q) + num_seqs))
 
 
-def plan_work_items(md: AttentionMetadata, num_tokens: int, block_q: int) -> WorkItems:
-    """Cuts every sequence's query tokens into blocks of `block_q` (jnp; runs inside jit)."""
+def plan_work_items(
+    md: AttentionMetadata,
+    num_tokens: int,
+    block_q: int,
+    *,
+    select: jax.Array | None = None,
+    max_q_len: int | None = None,
+) -> WorkItems:
+    """Cuts every sequence's query tokens into blocks of `block_q` (jnp; runs inside jit).
+
+    Args:
+      select: bool[B], only these sequences get items (default: all).
+      max_q_len: a tighter static bound on the selected sequences' q_len than md's.
+    """
     num_seqs = md.kv_lens.shape[0]
-    num_items = num_work_items(num_seqs, num_tokens, md.max_q_len, block_q)
-    q_lens = md.q_lens  # i32[B]
+    num_items = num_work_items(num_seqs, num_tokens, max_q_len or md.max_q_len, block_q)
+    q_lens = _selected_q_lens(md, select)  # i32[B]
     blocks = (q_lens + block_q - 1) // block_q  # i32[B]
     item_end = jnp.cumsum(blocks)  # i32[B]
     item = jnp.arange(num_items, dtype=jnp.int32)  # i32[W]
@@ -91,21 +103,24 @@ def unpack_outputs(
     num_heads: int,
     block_q: int,
     dtype,
+    select: jax.Array | None = None,
 ) -> jax.Array:  # f[T, N, H]
-    """Gathers every query token's rows back to the flat layout; tokens of no sequence get 0."""
+    """Gathers every query token's rows back to the flat layout; tokens of no (selected)
+    sequence get 0."""
     num_items, num_kv_heads, rows, head_dim = out.shape
     group_pad, group = rows // block_q, num_heads // num_kv_heads
     num_tokens = md.slot_mapping.shape[0]
     out = out.reshape(num_items, num_kv_heads, group_pad, block_q, head_dim)[:, :, :group]
     out = out.transpose(0, 3, 1, 2, 4).reshape(num_items * block_q, num_heads, head_dim)
 
-    q_lens = md.q_lens
-    blocks = (q_lens + block_q - 1) // block_q
+    blocks = (_selected_q_lens(md, select) + block_q - 1) // block_q
     item_start = jnp.cumsum(blocks) - blocks  # i32[B]
     token = jnp.arange(num_tokens, dtype=jnp.int32)  # i32[T]
     seq = jnp.searchsorted(md.cu_q_lens[1:], token, side="right").astype(jnp.int32)
     real = token < md.cu_q_lens[-1]
     seq = jnp.minimum(seq, md.kv_lens.shape[0] - 1)
+    if select is not None:
+        real &= select[seq]
     offset = token - md.cu_q_lens[seq]
     row = (item_start[seq] + offset // block_q) * block_q + offset % block_q
     flat = out.at[jnp.where(real, row, num_items * block_q)].get(mode="fill", fill_value=0)
@@ -135,6 +150,10 @@ def check_inputs(q, k_pages, v_pages, md: AttentionMetadata) -> None:
         raise ValueError(f"slot_mapping {md.slot_mapping.shape} is not i32[T] with T={num_tokens}")
     if md.max_q_len < 1:
         raise ValueError(f"max_q_len must be >= 1, got {md.max_q_len}")
+
+
+def _selected_q_lens(md: AttentionMetadata, select) -> jax.Array:  # i32[B]
+    return md.q_lens if select is None else jnp.where(select, md.q_lens, 0)
 
 
 def _cdiv(a: int, b: int) -> int:

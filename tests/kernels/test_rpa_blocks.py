@@ -45,7 +45,7 @@ def _round_trip(q, md, *, block_q, group_pad):
     )
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     q_lens=st.lists(st.integers(0, 8), min_size=4, max_size=4).filter(lambda x: sum(x) <= 20),
     block_q=st.sampled_from([1, 4]),

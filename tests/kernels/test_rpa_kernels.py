@@ -39,7 +39,6 @@ KERNELS = {  # name: (kernel, tuning args giving several items, kv blocks and sp
         ragged_paged_attention_tpu,
         dict(interpret=True, block_q=4, pages_per_block=2),
     ),
-    "gpu": (ragged_paged_attention_gpu, dict(interpret=True)),
     "gpu-splits": (
         ragged_paged_attention_gpu,
         dict(interpret=True, block_q=4, block_kv=16, kv_splits=3),
