@@ -18,7 +18,8 @@ page of its last query token, so pages past kv_len and future pages are never re
 block. Block i + 1 is DMA'd into the other slot while block i is computed (double buffering).
 Head h of a block is the strided row set ``buf[slot, h::K]`` (f[C * P, H]); its G query heads
 share it (GQA). Scores and the online softmax (running max m, sum l, accumulator: VMEM scratch)
-are f32. Columns past kv_len (DMA skipped, stale or NaN) are masked in the scores and zeroed in V.
+are f32. Columns past the item's last query token (not fetched: stale or NaN) are masked in the
+scores and zeroed in V.
 
 CPU. Under ``interpret=True`` the kernel becomes an XLA loop whose DMAs are synchronous copies.
 There it (a) fetches each block right before use into slot 0, copying all C pages unconditionally
@@ -71,7 +72,7 @@ class _Config:
     pages_per_seq: int
     pages_per_block: int
     block_q: int
-    xla_loop: bool  # interpret=True: runs as an XLA loop on CPU (see "CPU" in the docstring)
+    xla_loop: bool  # the CPU variant for interpret=True (see "CPU" in the module docstring)
 
     @property
     def block_kv(self) -> int:
@@ -139,7 +140,7 @@ def _softmax_step(cfg: _Config, s, mask, m_prev, l_prev, acc_prev, pv):
 
 
 def _attend(
-    cfg: _Config, q_ref, k_buf, v_buf, slot, m_ref, l_ref, acc_ref, *, kv_pos0, q_pos, kv_len
+    cfg: _Config, q_ref, k_buf, v_buf, slot, m_ref, l_ref, acc_ref, *, kv_pos0, q_pos, kv_end
 ):
     """Folds kv block in buffer `slot` (positions kv_pos0...) into the softmax state refs."""
     num_kv_heads, _, head_dim = q_ref.shape
@@ -147,7 +148,8 @@ def _attend(
     mask = col <= q_pos  # bool[R, S]; q_pos is -1 on padding rows
     if cfg.sliding_window is not None:
         mask &= col > q_pos - cfg.sliding_window
-    col_valid = kv_pos0 + lax.broadcasted_iota(jnp.int32, (cfg.block_kv, 1), 0) < kv_len
+    # Columns at or past kv_end (the item's last query token + 1) were not fetched: zero their V.
+    col_valid = kv_pos0 + lax.broadcasted_iota(jnp.int32, (cfg.block_kv, 1), 0) < kv_end
     if cfg.xla_loop:
         k = k_buf[slot].reshape(cfg.block_kv, num_kv_heads, head_dim).transpose(1, 0, 2)
         v = v_buf[slot].reshape(cfg.block_kv, num_kv_heads, head_dim).transpose(1, 0, 2)
@@ -256,7 +258,7 @@ def _kernel(
             acc_ref,
             kv_pos0=kv_pos0,
             q_pos=q_pos,
-            kv_len=kv_len_ref[w],
+            kv_end=jnp.minimum(first_pos + num_q, kv_len_ref[w]),
         )
         return carry
 
@@ -274,6 +276,7 @@ def _kernel(
         "block_q",
         "pages_per_block",
         "interpret",
+        "tpu_code_path",
     ),
 )
 def ragged_paged_attention_tpu(
@@ -288,6 +291,7 @@ def ragged_paged_attention_tpu(
     block_q: int | None = None,
     pages_per_block: int | None = None,
     interpret=False,
+    tpu_code_path: bool | None = None,
 ) -> jax.Array:  # f[T, N, H]
     """Ragged paged attention, TPU kernel. See the module docstring.
 
@@ -300,6 +304,8 @@ def ragged_paged_attention_tpu(
       pages_per_block: pages per DMA'd kv block (default: about 128 tokens).
       interpret: False on TPU; True (XLA loop on CPU, DMAs synchronous) or a
         `pltpu.InterpretParams` (DMA semantics, race detection; slow) elsewhere.
+      tpu_code_path: run the TPU code path even under ``interpret=True`` (for tests; default:
+        only when not ``interpret=True``, see "CPU" in the module docstring).
     """
     rpa_blocks.check_inputs(q, k_pages, v_pages, md)
     if sliding_window is not None and sliding_window < 1:
@@ -313,7 +319,7 @@ def ragged_paged_attention_tpu(
         pages_per_seq=pages_per_seq,
         pages_per_block=pages_per_block or default_pages_per_block(page_size, pages_per_seq),
         block_q=block_q or default_block_q(md.max_q_len),
-        xla_loop=interpret is True,
+        xla_loop=interpret is True and not tpu_code_path,
     )
     if md.max_q_len == 1 or cfg.block_q == 1:
         return _call(cfg, q, k_pages, v_pages, md, interpret=interpret)

@@ -39,6 +39,10 @@ KERNELS = {  # name: (kernel, tuning args giving several items, kv blocks and sp
         ragged_paged_attention_tpu,
         dict(interpret=True, block_q=4, pages_per_block=2),
     ),
+    "tpu-code-path": (  # the TPU code path (strided reads, double buffering) interpreted
+        ragged_paged_attention_tpu,
+        dict(interpret=True, tpu_code_path=True, block_q=4, pages_per_block=2),
+    ),
     "gpu-splits": (
         ragged_paged_attention_gpu,
         dict(interpret=True, block_q=4, block_kv=16, kv_splits=3),
@@ -141,17 +145,19 @@ def test_race_detector_catches_a_read_before_wait(capfd):
 )
 def test_tpu_kernel_has_no_races(dtype, window, soft_cap, capfd):
     # Tiny shapes: the race-detecting interpreter is ~1000x slower than interpret=True. Page
-    # size 3 and 2 pages per block give several double-buffered blocks per sequence.
+    # size 3 and 2 pages per block give several double-buffered blocks per sequence. The 6-token
+    # prefill comes first: its first item's only kv block holds a page it must not fetch, over
+    # VMEM the interpreter fills with NaN.
     batch = make_batch(
         1,
-        [1, 4, 0, 2],
-        [7, 9, 0, 2],
+        [6, 1, 4, 0],
+        [6, 7, 9, 0],
         num_heads=4,
         num_kv_heads=2,
         head_dim=8,
         page_size=3,
         dtype=dtype,
-        num_tokens=9,
+        num_tokens=13,
     )
     k_pages, v_pages = write_kv(
         batch.k_pages, batch.v_pages, batch.k, batch.v, batch.md.slot_mapping
