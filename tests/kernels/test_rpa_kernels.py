@@ -6,6 +6,7 @@ permuted page tables whose unused pages, slots past kv_len and null page are NaN
 """
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -180,3 +181,58 @@ def test_tpu_kernel_has_no_races(dtype, window, soft_cap, capfd):
     np.testing.assert_allclose(
         np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[dtype]
     )
+
+
+# --- lowering for GPU and TPU without either ---------------------------------------------------
+
+LOWERING_CASES = {  # name: (dtype, page_size, N, K, H, q_lens, kv_lens, window, soft_cap, gpu args)
+    "f32-p33-window-softcap": (
+        jnp.float32,
+        33,
+        4,
+        4,
+        64,
+        [1, 5, 0, 3],
+        [7, 40, 0, 3],
+        7,
+        5.0,
+        dict(kv_splits=1),
+    ),
+    "bf16-decode": (jnp.bfloat16, 16, 32, 8, 128, [1] * 8, [700] * 8, None, None, {}),
+    "bf16-mixed-gqa8": (jnp.bfloat16, 16, 8, 1, 128, [1, 64], [900, 300], None, None, {}),
+}
+
+LOWERING_TARGETS = {  # name: (kernel, platform, device kind, the custom call it lowers to)
+    "gpu-h200": (ragged_paged_attention_gpu, "cuda", "NVIDIA H200", "__gpu$xla.gpu.triton"),
+    "tpu-v5e": (ragged_paged_attention_tpu, "tpu", "TPU v5 lite", "tpu_custom_call"),
+}
+
+
+@pytest.mark.parametrize("target", LOWERING_TARGETS)
+@pytest.mark.parametrize("case", LOWERING_CASES)
+def test_kernel_lowers_for_its_device(case, target):
+    """Lowers (does not compile) a kernel for its platform on this CPU-only machine.
+
+    An abstract device stands in for the real one. This runs the Pallas Triton / Mosaic lowering
+    rules, which check that every primitive has a rule and (Triton) that every loaded or stored
+    tensor has a power-of-two size. What the Triton and Mosaic compilers themselves would say
+    (PTX, TPU layouts) stays unverified here.
+    """
+    dtype, page_size, num_heads, num_kv_heads, head_dim, q_lens, kv_lens, window, cap, gpu_args = (
+        LOWERING_CASES[case]
+    )
+    kernel, platform, device_kind, custom_call = LOWERING_TARGETS[target]
+    batch = make_batch(
+        0, q_lens, kv_lens, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        page_size=page_size, dtype=dtype, num_tokens=sum(q_lens) + 3,
+    )  # fmt: skip
+    tuning = gpu_args if platform == "cuda" else {}
+    fn = functools.partial(kernel, sm_scale=0.1, sliding_window=window, soft_cap=cap, **tuning)
+    device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=1, platform=platform)
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the Triton backend's deprecation
+        traced = jax.jit(fn).trace(batch.q, batch.k_pages, batch.v_pages, batch.md)
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+    # The TPU kernel makes two calls for a mixed batch (decodes get one-token items).
+    assert custom_call in text
