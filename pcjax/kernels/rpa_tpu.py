@@ -23,17 +23,19 @@ scores and zeroed in V.
 
 CPU. Under ``interpret=True`` the kernel becomes an XLA loop whose DMAs are synchronous copies.
 There it (a) fetches each block right before use into slot 0, copying all C pages unconditionally
-(prefetching gains nothing and each `pl.when` is a costly XLA conditional), and (b) reads a block
-as f[K, C * P, H] for one dot batched over the K heads: XLA:CPU turns the strided ref reads into
-element-wise gathers, and (c) takes the packed queries whole and indexes item w itself: XLA
-copies a blocked input's whole array on every grid step (O(W^2) for a prefill). Together ~3x faster
-at the engine's shapes; the math is unchanged. A ``pltpu.InterpretParams`` interpreter runs the TPU
-code path exactly (DMA semantics, races).
+(prefetching gains nothing there and each `pl.when` is a costly XLA conditional); (b) reads a
+block as f[K, C * P, H] for one dot batched over the K heads (XLA:CPU turns strided ref reads
+into element-wise gathers); and (c) takes the packed queries whole and indexes item w itself
+(XLA copies a blocked input's whole array on every grid step: O(W^2) for a prefill). Together
+~3x faster at the engine's shapes; the math is unchanged. ``tpu_code_path=True`` runs the TPU
+code under ``interpret=True`` too, and a ``pltpu.InterpretParams`` interpreter always runs it
+(DMA semantics, race detection).
 
 Limits: the page table is held in SMEM (B * M * 4 bytes; keep it under ~256 KiB on real TPUs).
-Block shapes follow Mosaic's rules only where they equal the full array dims (q/out blocks), so
-Gp * BQ rows and head_dim need no alignment, but real-TPU efficiency wants H % 128 == 0 and
-P * K % 8 == 0. Compiled here only in interpret mode (no TPU in this project yet).
+The q/out blocks equal the full arrays in their last two dims, so Gp * BQ rows and head_dim need
+no alignment, but real-TPU efficiency wants H % 128 == 0 and P * K % 8 == 0. Verified here in
+interpret mode and by lowering for an abstract TPU v5e (Mosaic's Python lowering rules); never
+compiled by Mosaic or run on a TPU.
 """
 
 import dataclasses
