@@ -9,8 +9,10 @@ arithmetic, `dot`, and `fori_loop` with dynamic bounds (lowered to `scf.for`, wh
 pipelines). It runs on any CUDA GPU the jax wheels support. Mosaic GPU needs Hopper or newer,
 warpgroup-level code with explicit TMA copies and barriers, and its API changed between those
 releases; a paged gather (one TMA descriptor per page) is also awkward there. Pallas' Triton
-backend is deprecated (it warns once at lowering); the day it goes, this kernel moves to Mosaic GPU
-behind the same wrapper. It is tested here only in ``interpret=True`` (no GPU in this project).
+backend is deprecated in both 0.11.2 and 0.12 (a DeprecationWarning at lowering) but works; the
+day it goes, this kernel moves to Mosaic GPU behind the same wrapper. Verified here in
+``interpret=True`` and by lowering to Triton IR for an abstract H200 (tests); never compiled by
+Triton nor run on a GPU (no GPU in this project yet).
 
 Layout and schedule::
 
