@@ -115,8 +115,9 @@ def _assert_no_race(run, capfd):
         if "RACE DETECTED" in str(e):
             pytest.fail(f"race detected: {e}")
         raise
-    captured = capfd.readouterr()
-    assert "RACE DETECTED" not in captured.out + captured.err
+    printed = capfd.readouterr()
+    if "RACE DETECTED" in printed.out + printed.err:
+        pytest.fail(f"race detected: {printed.out + printed.err}")
     return out
 
 
