@@ -35,11 +35,15 @@ __all__ = [
 
 IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu")
 
-# On CPU both kernels run in interpret mode; the TPU kernel's XLA loop is the faster one there
-# (experiments/bench_attention.py at the pcjax-small shapes, N=12 K=4 H=64 P=16 f32, 2 cores:
-# decode B=8 x ~600 tokens 3.2 ms vs the reference's 7.4 ms; 512-token prefill over 512 cached
-# tokens 21 ms vs 61 ms; prefill + 7 decodes 36 ms vs 430 ms; the GPU kernel interpreted is 2-4x
-# slower than the TPU kernel). So "auto" on CPU picks it too.
+# On CPU both kernels run in interpret mode; the TPU kernel's XLA loop is the faster of the two and
+# at least as fast as the reference at the engine's shapes (experiments/bench_attention.py,
+# pcjax-small N=12 K=4 H=64 P=16 f32, engine buckets, 2 shared cores, median of 20; ranges over 3
+# runs): decode B=8 x ~600 tokens 1.1-2.0x the reference's speed (1024 tokens 1.1-1.2x; at 256
+# tokens, where the page table fits exactly, 0.9-1.7x), a 512-token chunk over 512 cached tokens
+# 2.6-4.0x, that chunk plus 7 decodes 9-17x; the GPU kernel interpreted is 1.3-10x slower than the
+# TPU kernel. End to end (pcjax-small forward, 12 layers, B=8 decode at 600 tokens, M bucketed)
+# ~1.5x faster (one run). So "auto" on CPU picks it too: a static choice; re-measure when the
+# kernels change.
 _CPU_PALLAS = "pallas_tpu"
 _CPU_AUTO = "pallas_tpu"
 
