@@ -44,8 +44,9 @@ def page_bytes(num_layers, page_size, num_kv_heads, head_dim, dtype) -> int:
     return 2 * num_layers * page_size * num_kv_heads * head_dim * jnp.dtype(dtype).itemsize
 
 
-def allocate_kv_cache(num_layers, num_pages, page_size, num_kv_heads, head_dim, dtype,
-                      *, fill_value=0.0) -> KVCache:
+def allocate_kv_cache(
+    num_layers, num_pages, page_size, num_kv_heads, head_dim, dtype, *, fill_value=0.0
+) -> KVCache:
     """Allocates zeroed (or `fill_value`-filled) pages for every layer."""
     shape = (num_pages, page_size, num_kv_heads, head_dim)
 

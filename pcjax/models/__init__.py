@@ -1,0 +1,24 @@
+"""Decoder-only LLMs (Llama, Mistral, Qwen2, Qwen3) in Flax NNX over the paged KV cache.
+
+model = pcjax.models.load("pcjax-small")            # or a local Hugging Face directory
+logits, kv_cache = pcjax.models.forward(model.graphdef, model.params, tokens, positions,
+                                        kv_cache, md, logits_indices=last_rows)
+"""
+
+from pcjax.models.config import ARCHITECTURES, ModelConfig
+from pcjax.models.loader import LoadedModel, load
+from pcjax.models.presets import PRESETS, write_preset
+from pcjax.models.tokenizer import build_byte_tokenizer
+from pcjax.models.transformer import Transformer, forward
+
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "LoadedModel",
+    "ModelConfig",
+    "Transformer",
+    "build_byte_tokenizer",
+    "forward",
+    "load",
+    "write_preset",
+]

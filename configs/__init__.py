@@ -1,0 +1,1 @@
+"""Experiment configurations (get_config() functions read by experiments/ launch scripts)."""

@@ -1,0 +1,310 @@
+r"""Shared-prefix benchmark: pcjax (prefix caching on / off, each attention impl) beside vLLM's CPU
+backend, on the same Hugging Face model directory and the same prompts.
+
+Workload (defaults): 32 requests sharing a 512-token prefix plus a unique 64-token suffix each,
+32 new greedy tokens (eos ignored), 8 running at once. Every system first runs a warm-up pass on
+*other* random prompts (compiles, no cross-pass hits), then:
+
+* TTFT probes, one request alone: "cold" (a new prefix) then "hit" (same prefix, new suffix),
+  generating one token, so queueing does not enter the figure;
+* the timed pass: all requests at once, as `LLM.generate` would get them.
+
+    python -m experiments.bench_prefix_cache --workdir=workdir/bench
+    python -m experiments.bench_prefix_cache --attention_impls=reference --nopeer
+
+Writes ``bench_prefix_cache.json`` to --workdir and prints a side-by-side table.
+"""
+
+import json
+import os
+import time
+
+from absl import app, flags
+
+from experiments import workloads
+from experiments.peers import vllm_peer
+
+_MODEL = flags.DEFINE_string("model", "pcjax-small", "Preset name or Hugging Face model directory.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_prefix_cache", "Where results go.")
+_NUM_REQUESTS = flags.DEFINE_integer("num_requests", 32, "Requests in the timed pass.")
+_PREFIX_LEN = flags.DEFINE_integer("prefix_len", 512, "Shared prefix tokens.")
+_SUFFIX_LEN = flags.DEFINE_integer("suffix_len", 64, "Unique suffix tokens per request.")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 32, "Greedy tokens generated per request.")
+_CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "max_num_seqs of both systems.")
+_PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "KV page (block) size of both systems.")
+_BATCHED_TOKENS = flags.DEFINE_integer("max_num_batched_tokens", 2048, "Step token budget.")
+_MAX_MODEL_LEN = flags.DEFINE_integer("max_model_len", 1024, "Context limit of both systems.")
+_IMPLS = flags.DEFINE_list("attention_impls", ["reference", "pallas"], "pcjax attention paths.")
+_CACHING = flags.DEFINE_list("caching", ["on", "off"], "Prefix caching settings to run.")
+_PEER = flags.DEFINE_bool("peer", True, "Also run vLLM's CPU backend.")
+_VLLM_PYTHON = flags.DEFINE_string(
+    "vllm_python", None, "Python of the vLLM venv (default: .peers/vllm/bin/python)."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the prompt sets.")
+
+
+def main(argv):
+    del argv
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    model_dir = _model_directory()
+    prompts = _prompt_sets(model_dir)
+    results = {"workload": _workload_description(model_dir), "pcjax": {}, "vllm": {}}
+    for caching in _CACHING.value:
+        for impl in _IMPLS.value:
+            name = f"caching_{caching}/{impl}"
+            print(f"== pcjax {name}", flush=True)
+            results["pcjax"][name] = run_pcjax(model_dir, caching == "on", impl, prompts)
+        if _PEER.value:
+            print(f"== vLLM caching_{caching}", flush=True)
+            results["vllm"][f"caching_{caching}"] = run_vllm(model_dir, caching == "on", prompts)
+    results["comparison"] = compare(results)
+    path = os.path.join(_WORKDIR.value, "bench_prefix_cache.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(results)
+    print(f"wrote {path}")
+
+
+def _model_directory() -> str:
+    """The model as a Hugging Face directory (a preset is written out once under --workdir)."""
+    if os.path.isdir(_MODEL.value):
+        return _MODEL.value
+    from pcjax.models import write_preset
+
+    directory = os.path.join(_WORKDIR.value, "models", _MODEL.value)
+    if not os.path.exists(os.path.join(directory, "config.json")):
+        write_preset(_MODEL.value, directory)
+    return directory
+
+
+def _prompt_sets(model_dir: str) -> dict[str, list[list[int]]]:
+    from transformers import AutoTokenizer
+
+    from pcjax.models import ModelConfig
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        vocab_size = ModelConfig.from_hf_config(json.load(f)).vocab_size
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    token_range = workloads.plain_token_range(tokenizer, vocab_size)
+    n, prefix, suffix, seed = _NUM_REQUESTS.value, _PREFIX_LEN.value, _SUFFIX_LEN.value, _SEED.value
+
+    def make(count, set_seed):
+        return workloads.shared_prefix_prompts(
+            count, prefix, suffix, token_range=token_range, seed=set_seed
+        )
+
+    return {
+        "warmup": make(n, seed + 1),
+        "probe_warmup": make(2, seed + 2),
+        "probe": make(2, seed + 3),
+        "timed": make(n, seed + 4),
+    }
+
+
+def _workload_description(model_dir: str) -> dict:
+    return {
+        name: flag.value
+        for name, flag in [
+            ("model", _MODEL),
+            ("num_requests", _NUM_REQUESTS),
+            ("prefix_len", _PREFIX_LEN),
+            ("suffix_len", _SUFFIX_LEN),
+            ("max_tokens", _MAX_TOKENS),
+            ("concurrency", _CONCURRENCY),
+            ("page_size", _PAGE_SIZE),
+            ("max_num_batched_tokens", _BATCHED_TOKENS),
+            ("max_model_len", _MAX_MODEL_LEN),
+            ("seed", _SEED),
+        ]
+    } | {"model_dir": model_dir}
+
+
+# ------------------------------------------------------------------------------------- pcjax
+
+
+def run_pcjax(model_dir: str, caching: bool, impl: str, prompts: dict) -> dict:
+    """Warm-up, TTFT probes and the timed pass on one pcjax engine."""
+    from pcjax import Engine, SamplingParams
+
+    start = time.perf_counter()
+    engine = Engine(
+        model=model_dir,
+        enable_prefix_caching=caching,
+        attention_impl=impl,
+        max_num_seqs=_CONCURRENCY.value,
+        page_size=_PAGE_SIZE.value,
+        max_model_len=_MAX_MODEL_LEN.value,
+        max_num_batched_tokens=_BATCHED_TOKENS.value,
+    )
+    build_s = time.perf_counter() - start
+    greedy = SamplingParams(temperature=0, max_tokens=_MAX_TOKENS.value, ignore_eos=True)
+    one = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    start = time.perf_counter()
+    engine.generate(prompts["warmup"], greedy, use_tqdm=False)
+    for prompt in prompts["probe_warmup"]:
+        engine.generate([prompt], one, use_tqdm=False)
+    warmup_s = time.perf_counter() - start
+    probe = [engine.generate([p], one, use_tqdm=False)[0] for p in prompts["probe"]]
+    before = engine.stats()
+    start = time.perf_counter()
+    outputs = engine.generate(prompts["timed"], greedy, use_tqdm=False)
+    wall_s = time.perf_counter() - start
+    delta = {k: v - before[k] for k, v in engine.stats().items() if isinstance(v, (int, float))}
+    return _pcjax_summary(engine, outputs, delta, wall_s, probe) | {
+        "build_s": build_s,
+        "warmup_s": warmup_s,
+        "attention_impl": engine.attention_impl,
+    }
+
+
+def _pcjax_summary(engine, outputs, delta, wall_s, probe) -> dict:
+    from pcjax.metrics import summarize
+
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+    hit_tokens = sum(o.num_cached_tokens for o in outputs)
+    generated = sum(len(o.token_ids) for o in outputs)
+    return {
+        "wall_s": wall_s,
+        "prompt_tokens": prompt_tokens,
+        "hit_tokens": hit_tokens,
+        "hit_rate": hit_tokens / prompt_tokens,
+        "computed_prompt_tokens": delta["computed_prompt_tokens"],
+        "computed_equals_total_minus_hits": delta["computed_prompt_tokens"]
+        == prompt_tokens - hit_tokens,
+        "generated_tokens": generated,
+        "prefill_tokens_per_s": delta["computed_prompt_tokens"]
+        / max(delta["prefill_time_s"], 1e-9),
+        "decode_tokens_per_s": delta["decode_steps"]
+        and _decode_tokens(delta) / max(delta["decode_time_s"], 1e-9),
+        "prefill_time_s": delta["prefill_time_s"],
+        "decode_time_s": delta["decode_time_s"],
+        "steps": delta["num_steps"],
+        "preemptions": delta["preemptions"],
+        "ttft_s": summarize(o.ttft_s for o in outputs),
+        "ttft_probe_cold_s": probe[0].ttft_s,
+        "ttft_probe_hit_s": probe[1].ttft_s,
+        "probe_hit_tokens": probe[1].num_cached_tokens,
+        "token_ids": [o.token_ids for o in outputs],
+    }
+
+
+def _decode_tokens(delta) -> int:
+    """Tokens sampled in pure decode steps (every generated token but each request's first)."""
+    return delta["generated_tokens"] - _NUM_REQUESTS.value
+
+
+# -------------------------------------------------------------------------------------- vLLM
+
+
+def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
+    """The same passes through vLLM's CPU backend, in its own venv and process."""
+    python = _VLLM_PYTHON.value or vllm_peer.default_vllm_python()
+    spec = {
+        "model_dir": os.path.abspath(model_dir),
+        "enable_prefix_caching": caching,
+        "max_num_seqs": _CONCURRENCY.value,
+        "max_model_len": _MAX_MODEL_LEN.value,
+        "block_size": _PAGE_SIZE.value,
+        "max_num_batched_tokens": _BATCHED_TOKENS.value,
+        "dtype": "float32",
+        "passes": [
+            {"name": "warmup", "prompts": prompts["warmup"], "max_tokens": _MAX_TOKENS.value},
+            *(
+                {"name": f"probe_warmup_{i}", "prompts": [p], "max_tokens": 1}
+                for i, p in enumerate(prompts["probe_warmup"])
+            ),
+            {"name": "probe_cold", "prompts": [prompts["probe"][0]], "max_tokens": 1},
+            {"name": "probe_hit", "prompts": [prompts["probe"][1]], "max_tokens": 1},
+            {"name": "timed", "prompts": prompts["timed"], "max_tokens": _MAX_TOKENS.value},
+        ],
+    }
+    try:
+        result = vllm_peer.run_vllm(python, spec, timeout_s=1800)
+    except vllm_peer.VllmPeerError as err:
+        print(f"vLLM peer failed: {err}")
+        return None
+    if result is None:
+        return None
+    passes = {p["name"]: p for p in result["passes"]}
+    timed = passes["timed"]
+    return {
+        "wall_s": timed["wall_s"],
+        "cpu_s": timed.get("cpu_s"),
+        "ttft_probe_cold_s": passes["probe_cold"]["requests"][0]["ttft_s"],
+        "ttft_probe_hit_s": passes["probe_hit"]["requests"][0]["ttft_s"],
+        "ttft_s": timed.get("ttft_s"),
+        "hit_tokens": timed.get("cached_tokens"),
+        "token_ids": [r["token_ids"] for r in timed["requests"]],
+        "engine_start_s": result.get("engine_start_s"),
+        "adjustments": result.get("adjustments"),
+        "versions": result.get("versions"),
+    }
+
+
+# --------------------------------------------------------------------------------- reporting
+
+
+def compare(results: dict) -> dict:
+    """pcjax/vLLM wall-time ratios per caching setting, and greedy-token agreement."""
+    out = {}
+    for name, run in results["pcjax"].items():
+        caching = name.split("/")[0]
+        peer = results["vllm"].get(caching)
+        if peer:
+            out[f"{name}/wall_ratio_vs_vllm"] = run["wall_s"] / peer["wall_s"]
+            out[f"{name}/same_tokens_as_vllm"] = _agreement(run["token_ids"], peer["token_ids"])
+        if run.get("ttft_probe_hit_s"):
+            out[f"{name}/ttft_cold_over_hit"] = run["ttft_probe_cold_s"] / run["ttft_probe_hit_s"]
+    runs = list(results["pcjax"].values())
+    if len(runs) > 1:
+        out["pcjax_configs_same_tokens"] = all(r["token_ids"] == runs[0]["token_ids"] for r in runs)
+    return out
+
+
+def _agreement(a, b) -> float | None:
+    if not a or not b:
+        return None
+    return sum(x == y for x, y in zip(a, b, strict=False)) / len(a)
+
+
+def print_table(results: dict) -> None:
+    rows = [
+        ("system", "wall s", "TTFT cold", "TTFT hit", "hit rate", "prefill tok/s", "decode tok/s")
+    ]
+    for name, r in results["pcjax"].items():
+        rows.append(
+            (
+                f"pcjax {name}",
+                r["wall_s"],
+                r["ttft_probe_cold_s"],
+                r["ttft_probe_hit_s"],
+                r["hit_rate"],
+                r["prefill_tokens_per_s"],
+                r["decode_tokens_per_s"],
+            )
+        )
+    for name, r in results["vllm"].items():
+        if r:
+            rows.append(
+                (
+                    f"vLLM {name}",
+                    r["wall_s"],
+                    r["ttft_probe_cold_s"],
+                    r["ttft_probe_hit_s"],
+                    "",
+                    "",
+                    "",
+                )
+            )
+    for row in rows:
+        print("  ".join(f"{_fmt(v):>14}" if i else f"{v:<28}" for i, v in enumerate(row)))
+    for key, value in results["comparison"].items():
+        print(f"{key}: {_fmt(value)}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,91 @@
+"""Eviction policies: small strategy objects that give each evictable node a sort key.
+
+The radix tree keeps its evictable leaves in a heap and evicts the leaf with the smallest key first.
+Keys live on the tree's logical clock (a counter bumped once per `match` and per `insert`), never on
+wall time, so every experiment replays exactly.
+
+A policy reads the statistics the tree keeps on every node::
+
+    node.created       clock when the node's tokens were first inserted (a split copies it)
+    node.last_access   clock of the latest match or insert that reached the node
+    node.hits          matches that reached the node
+    len(node.pages)    pages the node holds (shrinks when eviction trims its tail)
+
+A policy that needs more (segments for SLRU and S3-FIFO, an inflation value for GDSF, a future-use
+oracle for Belady) overrides the optional hooks and keeps per-node state in ``node.policy_data``.
+
+The key contract: the heap stores a node's key when the node is pushed, so ``key(node)`` may only
+change at the moments the tree re-pushes the node: after `on_insert`, `on_access` and `on_split`,
+and after a tail trim. `RadixTree.check_integrity` verifies it.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pcjax.cache.base import Node
+
+
+class EvictionPolicy:
+    """Base policy: subclasses define `key`; the hooks are no-ops unless overridden."""
+
+    name = ""
+
+    def key(self, node: "Node") -> Any:
+        """Sort key of an evictable node; the smallest key is evicted first."""
+        raise NotImplementedError
+
+    def on_insert(self, node: "Node", clock: int) -> None:
+        """A node was created by `insert` (its stats are already set)."""
+
+    def on_access(self, node: "Node", clock: int) -> None:
+        """A `match` or `insert` reached ``node`` (stats already updated)."""
+
+    def on_split(self, prefix: "Node", suffix: "Node") -> None:
+        """``suffix`` (the old node object) was split; ``prefix`` is its new parent."""
+
+    def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
+        """``num_pages`` tail pages of ``node`` are about to be evicted (all of them: removal)."""
+
+
+class LRUPolicy(EvictionPolicy):
+    """Least recently used: evicts the leaf whose last match or insert is oldest."""
+
+    name = "lru"
+
+    def key(self, node: "Node") -> int:
+        return node.last_access
+
+
+class FIFOPolicy(EvictionPolicy):
+    """First in, first out: evicts the leaf inserted earliest, however often it was hit."""
+
+    name = "fifo"
+
+    def key(self, node: "Node") -> int:
+        return node.created
+
+
+class LFUPolicy(EvictionPolicy):
+    """Least frequently used: fewest hits first, least recently used among equals."""
+
+    name = "lfu"
+
+    def key(self, node: "Node") -> tuple[int, int]:
+        return (node.hits, node.last_access)
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    cls.name: cls for cls in (LRUPolicy, FIFOPolicy, LFUPolicy)
+}
+
+
+def make_policy(name: str) -> EvictionPolicy:
+    """A fresh policy from its name ("lru", "fifo", "lfu"; case-insensitive).
+
+    Raises:
+      ValueError: the name is unknown.
+    """
+    cls = POLICIES.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown eviction policy {name!r}; known: {sorted(POLICIES)}")
+    return cls()

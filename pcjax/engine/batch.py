@@ -1,0 +1,109 @@
+"""Turns a scheduled step into the padded arrays of one jitted call (host, numpy only).
+
+Shapes are bucketed to powers of two so that a handful of programs serve every step, and steady
+decode (same number of sequences, contexts growing inside one page-count bucket) never recompiles:
+
+====================  =====================================  =======================
+array                 shape                                   padding
+====================  =====================================  =======================
+tokens, positions     i32[T]    T = bucket(total tokens)      0
+slot_mapping          i32[T]                                  slot 0 of the null page
+page_table            i32[B, M] B = bucket(sequences),        null page 0
+                                M = bucket(most pages)
+kv_lens               i32[B]                                  0
+cu_q_lens             i32[B+1]                                repeats the last offset
+logits_indices        i32[B]    last token of each sequence   0 (its sample is unused)
+====================  =====================================  =======================
+
+Example (P = 4): sequence A computes tokens 6-8 of its 9 (pages [5, 2, 9]) and sequence B decodes
+its token 4 (pages [3, 7]): tokens [a6 a7 a8 b4 pad...], positions [6 7 8 4 0...],
+slot_mapping [2*4+2, 2*4+3, 9*4+0, 7*4+0, 0...], kv_lens [9, 5], cu_q_lens [0, 3, 4],
+logits_indices [2, 3].
+"""
+
+import dataclasses
+
+import numpy as np
+
+from pcjax.engine.request import Request
+from pcjax.engine.scheduler import ScheduledStep
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    n = max(n, minimum)
+    return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepArrays:
+    """Host arrays of one step (see the module table), plus per-sequence sampling settings."""
+
+    tokens: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    page_table: np.ndarray
+    kv_lens: np.ndarray
+    cu_q_lens: np.ndarray
+    logits_indices: np.ndarray
+    max_q_len: int
+    temperature: np.ndarray  # f32[B]
+    top_k: np.ndarray  # i32[B]
+    top_p: np.ndarray  # f32[B]
+    seeds: np.ndarray  # u32[B]
+    sample_steps: np.ndarray  # i32[B]
+
+
+def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: int) -> StepArrays:
+    """Lays out the step's tokens flat, sequence after sequence, and pads every dimension."""
+    num_seqs = bucket(len(step.entries))
+    num_tokens = bucket(step.num_tokens, minimum=8)
+    most_pages = max(len(req.pages) for req, _ in step.entries)
+    pages_per_seq = min(bucket(most_pages), bucket(max_pages_per_seq))
+    arrays = _empty(num_tokens, num_seqs, pages_per_seq)
+    offset = 0
+    for row, (req, n) in enumerate(step.entries):
+        _fill_sequence(arrays, row, offset, req, n, page_size)
+        offset += n
+    arrays["cu_q_lens"][len(step.entries) + 1 :] = offset
+    max_q = max(n for _, n in step.entries)
+    return StepArrays(**arrays, max_q_len=min(bucket(max_q), num_tokens))
+
+
+def _empty(num_tokens: int, num_seqs: int, pages_per_seq: int) -> dict:
+    i32 = np.int32
+    return dict(
+        tokens=np.zeros(num_tokens, i32),
+        positions=np.zeros(num_tokens, i32),
+        slot_mapping=np.zeros(num_tokens, i32),
+        page_table=np.zeros((num_seqs, pages_per_seq), i32),
+        kv_lens=np.zeros(num_seqs, i32),
+        cu_q_lens=np.zeros(num_seqs + 1, i32),
+        logits_indices=np.zeros(num_seqs, i32),
+        temperature=np.zeros(num_seqs, np.float32),
+        top_k=np.zeros(num_seqs, i32),
+        top_p=np.ones(num_seqs, np.float32),
+        seeds=np.zeros(num_seqs, np.uint32),
+        sample_steps=np.zeros(num_seqs, i32),
+    )
+
+
+def _fill_sequence(arrays: dict, row: int, offset: int, req: Request, n: int, page_size: int):
+    start = req.num_computed_tokens
+    positions = np.arange(start, start + n, dtype=np.int32)
+    pages = np.asarray(req.pages, np.int32)
+    arrays["tokens"][offset : offset + n] = req.all_token_ids[start : start + n]
+    arrays["positions"][offset : offset + n] = positions
+    arrays["slot_mapping"][offset : offset + n] = (
+        pages[positions // page_size] * page_size + positions % page_size
+    )
+    arrays["page_table"][row, : len(pages)] = pages
+    arrays["kv_lens"][row] = start + n
+    arrays["cu_q_lens"][row + 1] = offset + n
+    arrays["logits_indices"][row] = offset + n - 1
+    params = req.params
+    arrays["temperature"][row] = params.temperature
+    arrays["top_k"][row] = params.top_k
+    arrays["top_p"][row] = params.top_p
+    arrays["seeds"][row] = req.seed
+    arrays["sample_steps"][row] = len(req.output_token_ids)

@@ -1,0 +1,109 @@
+"""Request-level page bookkeeping over the page pool and the prefix cache (host only, no jax).
+
+The scheduler decides *which* requests run; this module gives them pages:
+
+* `admit` matches the request's tokens in the prefix cache, locks the matched path and adopts its
+  pages as the request's leading (shared) pages.
+* `grow` allocates the pages that the next ``n`` tokens need, evicting cached pages by policy when
+  the pool runs short.
+* `cache_computed` hands the request's full, computed pages to the cache (duplicates freed) and
+  moves the lock to the end of the now-cached path.
+* `release` gives everything back when a request finishes or is preempted.
+
+Worked example of `cache_computed` (P = 4, the request matched 1 page at admission)::
+
+    tokens:    a b c d | e f g h | i j k l | m n      (14 computed tokens: 3 full pages + tail)
+    req.pages: [ 7       12        13        14 ]     7 is shared (the tree's), 12-14 are own
+    insert(tokens[:12], [7, 12, 13]):
+       the tree already holds "abcd efgh" as pages 7, 9 (another request cached "efgh" meanwhile)
+       -> duplicate_pages = [12]   (13 is taken by the tree)
+    path_pages(node("ijkl")) -> [7, 9, 13]; req.pages = [7, 9, 13, 14]; free 12
+    num_shared_pages = 3; the lock moves from node("abcd") to node("ijkl"); 14 stays own.
+"""
+
+from pcjax.engine.request import Request
+
+
+class KVManager:
+    """Gives requests pages from `pool`, sharing cached prefixes through `cache`.
+
+    Args:
+      pool: the `PagePool`.
+      cache: a `RadixTree`, or a `NullCache` when prefix caching is off.
+      page_size: P.
+      caching: whether `cache` keeps pages (False for the `NullCache`): computed pages are then
+        never handed over and stay the request's own until it is released.
+    """
+
+    def __init__(self, pool, cache, page_size: int, *, caching: bool):
+        self.pool = pool
+        self.cache = cache
+        self.page_size = page_size
+        self.caching = caching
+        self.hit_tokens = 0
+        self.queried_tokens = 0
+        self.evicted_pages = 0
+
+    def pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def num_reclaimable_pages(self) -> int:
+        """Pages that could be handed out now: free ones plus unlocked cached ones."""
+        return self.pool.num_free + self.cache.num_evictable_pages
+
+    def admit(self, req: Request) -> None:
+        """Adopts the longest cached prefix of the request's tokens (leaving >= 1 to compute)."""
+        tokens = req.all_token_ids
+        match = self.cache.match(tokens, max_tokens=len(tokens) - 1)
+        self.cache.lock(match.node)
+        req.cache_node = match.node
+        req.pages = list(match.pages)
+        req.num_shared_pages = len(match.pages)
+        req.num_computed_tokens = match.num_tokens
+
+    def record_hit(self, req: Request) -> None:
+        """Counts a successfully admitted request's prompt hit, once per request."""
+        if req.num_cached_tokens is None:
+            req.num_cached_tokens = min(req.num_computed_tokens, len(req.prompt_token_ids))
+            self.queried_tokens += len(req.prompt_token_ids)
+            self.hit_tokens += req.num_cached_tokens
+
+    def grow(self, req: Request, num_new_tokens: int) -> bool:
+        """Allocates pages for the request's next tokens; False (nothing changed) if short."""
+        needed = self.pages_for(req.num_computed_tokens + num_new_tokens) - len(req.pages)
+        if needed <= 0:
+            return True
+        if not self._reserve(needed):
+            return False
+        req.pages.extend(self.pool.allocate(needed))
+        return True
+
+    def _reserve(self, num_pages: int) -> bool:
+        shortfall = num_pages - self.pool.num_free
+        if shortfall > 0:
+            self.evicted_pages += self.cache.evict(shortfall)
+        return self.pool.num_free >= num_pages
+
+    def cache_computed(self, req: Request) -> None:
+        """Puts the request's full computed pages into the prefix cache (see the module example)."""
+        num_full = req.num_computed_tokens // self.page_size
+        if not self.caching or num_full <= req.num_shared_pages:
+            return
+        tokens = req.all_token_ids[: num_full * self.page_size]
+        inserted = self.cache.insert(tokens, req.pages[:num_full])
+        self.cache.lock(inserted.node)
+        self.cache.unlock(req.cache_node)
+        req.cache_node = inserted.node
+        req.pages[:num_full] = self.cache.path_pages(inserted.node)
+        req.num_shared_pages = num_full
+        self.pool.free(inserted.duplicate_pages)
+
+    def release(self, req: Request) -> None:
+        """Returns the request's pages: computed full pages go to the cache, the rest are freed."""
+        self.cache_computed(req)
+        self.pool.free(req.own_pages)
+        self.cache.unlock(req.cache_node)
+        req.pages = []
+        req.num_shared_pages = 0
+        req.cache_node = None
+        req.num_computed_tokens = 0

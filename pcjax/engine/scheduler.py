@@ -1,0 +1,136 @@
+"""Continuous batching (host only): which requests compute how many tokens in the next step.
+
+Each step has a budget of `max_num_batched_tokens`. Running requests go first, oldest first: a
+decoding request takes one token, a request still in prefill takes the next chunk of its prompt
+(chunked prefill). Waiting requests are then admitted while sequence slots and budget last: the
+prefix cache is matched first and only the missing pages are allocated.
+
+When pages run out, the newest running request is preempted: its own pages are freed (its computed
+full pages are first handed to the prefix cache, where they stay unless evicted) and it waits at the
+front of the queue to be resumed by recompute, which reproduces its output exactly.
+
+A waiting request whose next page is the same as that of a request whose prompt is being computed
+right now (and so is not cached yet) is deferred until that prompt is cached: a batch of requests
+with one shared prefix then computes the prefix once instead of once per request.
+"""
+
+import collections
+import dataclasses
+
+from pcjax.engine.kv_manager import KVManager
+from pcjax.engine.request import Request, Status
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledStep:
+    """One step's work: ``entries`` are (request, number of tokens to compute), in batch order."""
+
+    entries: tuple[tuple[Request, int], ...]
+    num_preempted: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.entries)
+
+
+class Scheduler:
+    """Keeps the waiting queue and running list; see the module docstring for the policy."""
+
+    def __init__(self, kv: KVManager, *, max_num_seqs: int, max_num_batched_tokens: int):
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledStep:
+        """Picks the next step's requests and gives them the pages their tokens need."""
+        budget = self.max_num_batched_tokens
+        entries: list[tuple[Request, int]] = []
+        preempted_before = self.num_preemptions
+        for req in list(self.running):
+            if budget == 0:
+                break
+            if req.status is not Status.RUNNING:  # preempted earlier in this loop
+                continue
+            num_tokens = min(req.num_tokens - req.num_computed_tokens, budget)
+            if self._grow_or_preempt(req, num_tokens):
+                entries.append((req, num_tokens))
+                budget -= num_tokens
+        if self.num_preemptions == preempted_before:
+            budget = self._admit_waiting(entries, budget)
+        return ScheduledStep(tuple(entries), self.num_preemptions - preempted_before)
+
+    def _grow_or_preempt(self, req: Request, num_tokens: int) -> bool:
+        while not self.kv.grow(req, num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.kv.release(req)
+        req.status = Status.WAITING
+        req.prompt_cached = False
+        self.waiting.appendleft(req)
+        self.num_preemptions += 1
+
+    def _admit_waiting(self, entries: list, budget: int) -> int:
+        deferred = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting.popleft()
+            self.kv.admit(req)
+            if self._next_page_in_flight(req):
+                self.kv.release(req)
+                deferred.append(req)
+                continue
+            num_tokens = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._fits(req, num_tokens):
+                self.kv.release(req)
+                self.waiting.appendleft(req)
+                break
+            self.kv.record_hit(req)
+            req.status = Status.RUNNING
+            self.running.append(req)
+            entries.append((req, num_tokens))
+            budget -= num_tokens
+        self.waiting.extendleft(reversed(deferred))
+        return budget
+
+    def _fits(self, req: Request, num_tokens: int) -> bool:
+        """Allocates the chunk's pages, keeping a page of headroom per running request."""
+        needed = self.kv.pages_for(req.num_computed_tokens + num_tokens) - len(req.pages)
+        if self.kv.num_reclaimable_pages() - needed < len(self.running):
+            return False
+        return self.kv.grow(req, num_tokens)
+
+    def _next_page_in_flight(self, req: Request) -> bool:
+        """Whether a running prompt, not cached yet, will cache `req`'s first uncached page."""
+        if not self.kv.caching:
+            return False
+        start, page_size = req.num_computed_tokens, self.kv.page_size
+        tokens = req.all_token_ids
+        if start + page_size > len(tokens) - 1:
+            return False  # the page would hold the last token, which is always computed
+        wanted = tokens[start : start + page_size]
+        return any(
+            not other.prompt_cached
+            and other.prompt_token_ids[start : start + page_size] == wanted
+            and other.prompt_token_ids[:start] == tokens[:start]
+            for other in self.running
+        )
+
+    def finish(self, req: Request) -> None:
+        """Removes a finished request and releases its pages (its KV goes to the cache)."""
+        self.running.remove(req)
+        self.kv.release(req)
+        req.status = Status.FINISHED

@@ -1,0 +1,192 @@
+"""The decoder-only transformer (Llama / Mistral / Qwen2 / Qwen3) in Flax NNX, over paged KV.
+
+Weights are stored ``f[out, in]`` (Hugging Face's layout) and applied as ``x @ weight.T`` by a
+``dot_general`` contracting both minor dims, so no transpose is ever materialized. On XLA:CPU this
+is also the layout the matmul wants: for decode (a few rows of x) each output is a dot product of
+two contiguous rows, and the weight matmuls of a batch-8 decode step of pcjax-small measured ~1.4x
+faster than with ``[in, out]`` weights (YNNPACK dots); prefill is the same either way. The
+projections that read the same input are fused: q/k/v into ``qkv_proj`` (rows ``[q | k | v]``)
+and gate/up into ``gate_up_proj`` (rows ``[gate | up]``), so a decode step reads every weight
+exactly once, in few large matmuls.
+
+Numerics follow transformers: params, activations and KV share one dtype; RMSNorm and RoPE angles
+are computed in float32 and cast back; attention runs in float32 inside the kernel; logits are
+accumulated and returned in float32.
+
+Use the pure function `forward`; the modules are its implementation.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pcjax import kernels
+from pcjax.cache.kv_pages import KVCache
+from pcjax.kernels import AttentionMetadata, write_kv
+from pcjax.models.config import ModelConfig
+from pcjax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+
+class RMSNorm(nnx.Module):
+    """``weight * (x / rms(x))`` over the last axis; the normalization itself in float32."""
+
+    def __init__(self, dim: int, eps: float, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))  # f[dim]
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        variance = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        normed = (xf * jax.lax.rsqrt(variance + self.eps)).astype(x.dtype)
+        return self.weight[...] * normed
+
+
+_NT = (((1,), (1,)), ((), ()))  # dot_general dims of x[T, in] . w[out, in] -> [T, out]
+
+
+def dot_nt(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """``x @ w.T`` for x f[T, in] and w f[out, in], without transposing w."""
+    return jax.lax.dot_general(x, w, _NT, preferred_element_type=out_dtype)
+
+
+class Linear(nnx.Module):
+    """``x @ weight.T (+ bias)`` with the weight stored ``f[out, in]`` like torch."""
+
+    def __init__(self, in_dim: int, out_dim: int, dtype, *, bias: bool = False):
+        self.weight = nnx.Param(jnp.zeros((out_dim, in_dim), dtype))  # f[out, in]
+        self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if bias else None  # f[out]
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # f[T, in] -> f[T, out]
+        y = dot_nt(x, self.weight[...])
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Attention(nnx.Module):
+    """GQA self-attention over the paged KV cache of one layer."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype):
+        n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.qkv_proj = Linear(d, (n + 2 * k) * h, dtype, bias=cfg.attention_bias)
+        self.o_proj = Linear(n * h, d, dtype, bias=cfg.attention_out_bias)
+        self.q_norm = RMSNorm(h, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(h, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self.shape = (n, k, h)
+        self.sliding_window = cfg.layer_window(layer)
+
+    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl):
+        """x: f[T, D] -> (f[T, D], k_pages, v_pages) with this step's K/V written."""
+        n, k, h = self.shape
+        qkv = self.qkv_proj(x)  # f[T, (N + 2K) H]
+        q = qkv[:, : n * h].reshape(-1, n, h)  # f[T, N, H]
+        key = qkv[:, n * h : (n + k) * h].reshape(-1, k, h)  # f[T, K, H]
+        value = qkv[:, (n + k) * h :].reshape(-1, k, h)  # f[T, K, H]
+        if self.q_norm is not None:
+            q, key = self.q_norm(q), self.k_norm(key)
+        q, key = apply_rope(q, cos, sin), apply_rope(key, cos, sin)
+        k_pages, v_pages = write_kv(k_pages, v_pages, key, value, md.slot_mapping)
+        out = kernels.ragged_paged_attention(
+            q,
+            k_pages,
+            v_pages,
+            md,
+            sm_scale=h**-0.5,
+            sliding_window=self.sliding_window,
+            impl=attention_impl,
+        )  # f[T, N, H]
+        return self.o_proj(out.reshape(-1, n * h)), k_pages, v_pages
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused."""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, dtype)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype)
+        self.intermediate_size = cfg.intermediate_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate_up = self.gate_up_proj(x)  # f[T, 2F]
+        gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
+        return self.down_proj(jax.nn.silu(gate) * up)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: ``x += attn(norm(x)); x += mlp(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = Attention(cfg, layer, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = MLP(cfg, dtype)
+
+    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl):
+        attn, k_pages, v_pages = self.self_attn(
+            self.input_layernorm(x), cos, sin, k_pages, v_pages, md, attention_impl
+        )
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k_pages, v_pages
+
+
+class Transformer(nnx.Module):
+    """Token embedding, L decoder layers, final norm and LM head (tied or not).
+
+    Build it abstractly (``nnx.eval_shape(lambda: Transformer(cfg, dtype))``) and fill the state
+    from a checkpoint: the constructor's zeros/ones are placeholders, not an initialization.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype="float32"):
+        dtype = jnp.dtype(dtype)
+        embed_shape = (cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nnx.Param(jnp.zeros(embed_shape, dtype))  # f[V, D]
+        self.layers = nnx.List([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, dtype)
+        )
+        # static (part of the graphdef): the RoPE frequencies are trace-time constants
+        self.rope = (cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.dtype = dtype
+
+    def __call__(self, tokens, positions, kv_cache, md, logits_indices, attention_impl):
+        x = self.embed_tokens[...][tokens]  # f[T, D]
+        head_dim, theta, scaling = self.rope
+        inv_freq = inverse_frequencies(head_dim, theta, dict(scaling) if scaling else None)
+        cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)  # f[T, H] each
+        new_k, new_v = [], []
+        for layer, k_pages, v_pages in zip(self.layers, kv_cache.k, kv_cache.v, strict=True):
+            x, k_pages, v_pages = layer(x, cos, sin, k_pages, v_pages, md, attention_impl)
+            new_k.append(k_pages)
+            new_v.append(v_pages)
+        if logits_indices is not None:
+            x = x[logits_indices]  # f[R, D]: only the rows whose logits are wanted
+        return self.logits(self.norm(x)), KVCache(k=tuple(new_k), v=tuple(new_v))
+
+    def logits(self, x: jax.Array) -> jax.Array:  # f[R, D] -> f32[R, V]
+        """The LM head (or the tied embedding, both f[V, D]), accumulated in float32."""
+        head = self.embed_tokens if self.lm_head is None else self.lm_head.weight
+        return dot_nt(x, head[...], jnp.float32)
+
+
+def forward(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,  # i32[T]
+    positions: jax.Array,  # i32[T]
+    kv_cache: KVCache,
+    md: AttentionMetadata,
+    *,
+    logits_indices: jax.Array | None = None,  # i32[R]
+    attention_impl: str = "reference",
+) -> tuple[jax.Array, KVCache]:  # f32[T or R, V], the updated cache
+    """Runs the model over one step's tokens (pure; jit it with `graphdef` static or closed over).
+
+    Each layer projects q/k/v, rotates q/k at `positions`, writes K/V into its pages at
+    ``md.slot_mapping`` and attends with `pcjax.kernels.ragged_paged_attention(impl=...)`.
+
+    Returns:
+      float32 logits of every token, or only of the rows `logits_indices` (computing the LM head
+      for those rows only), and the updated KV cache (donate the input cache when jitting).
+    """
+    model = nnx.merge(graphdef, params)
+    return model(tokens, positions, kv_cache, md, logits_indices, attention_impl)

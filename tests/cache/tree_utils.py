@@ -1,0 +1,60 @@
+"""Helpers the cache tests share: read a tree's contents back, run one request through it."""
+
+from pcjax.cache.base import Node
+from pcjax.cache.page_pool import PagePool
+from pcjax.cache.policies import EvictionPolicy
+from pcjax.cache.radix_tree import RadixTree
+
+
+def make_tree(page_size: int, capacity: int = 32, policy: EvictionPolicy | None = None, **kw):
+    return RadixTree(PagePool(capacity + 1), page_size, policy, **kw)
+
+
+def check(tree) -> None:
+    """Integrity of the tree and of its pool: call after every mutation."""
+    tree.check_integrity()
+    tree.pool.check_integrity()
+
+
+def contents(tree: RadixTree) -> dict[tuple, int]:
+    """Every cached page-aligned prefix -> the page holding its last page of tokens."""
+    out, stack, P = {}, [(tree.root, ())], tree.page_size
+    while stack:
+        node, prefix = stack.pop()
+        for i, page in enumerate(node.pages):
+            out[prefix + tuple(node.key[: (i + 1) * P])] = page
+        stack += [(child, prefix + tuple(node.key)) for child in node.children.values()]
+    return out
+
+
+def path_tokens(node: Node) -> tuple:
+    """All tokens from the root to the end of ``node``."""
+    keys = []
+    while node is not None and node.parent is not None:
+        keys.append(node.key)
+        node = node.parent
+    return tuple(t for key in reversed(keys) for t in key)
+
+
+def cache_request(tree: RadixTree, tokens, max_tokens=None):
+    """One finished request: match, allocate the rest, insert, free duplicates. Checks integrity."""
+    m = tree.match(tokens, max_tokens=max_tokens)
+    tree.lock(m.node)
+    new = tree.pool.allocate(len(tokens) // tree.page_size - len(m.pages))
+    result = tree.insert(tokens, m.pages + new)
+    tree.pool.free(result.duplicate_pages)
+    tree.unlock(m.node)
+    check(tree)
+    return result
+
+
+class SizeKeyedPolicy(EvictionPolicy):
+    """A test policy whose key depends on the node's size (as GDSF's does): largest leaf first.
+
+    It only stays valid if the tree re-keys a node whenever a split or a trim changes its size.
+    """
+
+    name = "size"
+
+    def key(self, node: Node):
+        return (-len(node.pages), node.last_access)
