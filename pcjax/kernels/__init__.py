@@ -42,8 +42,9 @@ IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu")
 # tokens, where the page table fits exactly, 0.9-1.7x), a 512-token chunk over 512 cached tokens
 # 2.6-4.0x, that chunk plus 7 decodes 9-17x; the GPU kernel interpreted is 1.3-10x slower than the
 # TPU kernel. End to end (pcjax-small forward, 12 layers, B=8 decode at 600 tokens, M bucketed)
-# ~1.5x faster (one run). So "auto" on CPU picks it too: a static choice; re-measure when the
-# kernels change.
+# ~1.5x faster (one run). Its cost: compiling that forward takes ~2-2.5x longer (decode 6 s vs
+# 3 s, 512-token prefill 15 s vs 6 s, loaded machine), once per shape bucket. So "auto" on CPU
+# picks it too: a static choice; re-measure when the kernels change.
 _CPU_PALLAS = "pallas_tpu"
 _CPU_AUTO = "pallas_tpu"
 
