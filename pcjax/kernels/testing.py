@@ -1,0 +1,93 @@
+"""Synthetic ragged batches for kernel tests and benchmarks (numpy on the host, no jit).
+
+`make_batch` lays out a step the way the engine does: every sequence owns randomly chosen pages
+(a permuted page table padded with the null page 0), the cached prefix of each sequence is already
+in the pages, and the step's new K/V come separately to be scattered with `write_kv`. Everything
+the kernels must never read (the null page, pages nobody owns, slots past a sequence's kv_len) is
+NaN when ``poison`` is set, and so are the padding tokens' q/k/v, so a stray read shows up as NaN
+in the output.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcjax.kernels.ragged_paged_attention import AttentionMetadata
+
+
+class Batch(NamedTuple):
+    """One attention step before its K/V are written (``write_kv(k_pages, v_pages, k, v, ...)``)."""
+
+    q: jax.Array  # f[T, N, H]
+    k: jax.Array  # f[T, K, H]: the step's new keys (padding tokens: NaN when poisoned)
+    v: jax.Array  # f[T, K, H]
+    k_pages: jax.Array  # f[NP, P, K, H]: cached prefixes only
+    v_pages: jax.Array  # f[NP, P, K, H]
+    md: AttentionMetadata
+
+
+def make_batch(
+    seed: int,
+    q_lens,
+    kv_lens,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    page_size: int,
+    dtype=jnp.float32,
+    num_tokens: int | None = None,
+    pages_per_seq: int | None = None,
+    spare_pages: int = 3,
+    max_q_len: int | None = None,
+    poison: bool = True,
+) -> Batch:
+    """A ragged step: sequence b computes q_lens[b] new tokens and then holds kv_lens[b] tokens.
+
+    Args:
+      num_tokens: T, padded with tokens of no sequence (default: sum of q_lens).
+      pages_per_seq: M, the page table's width (default: what the longest sequence needs).
+      spare_pages: unowned pages in the pool besides the null page.
+      max_q_len: the static bucket (default: the largest q_len, at least 1).
+    """
+    rng = np.random.default_rng(seed)
+    q_lens, kv_lens = np.asarray(q_lens, np.int32), np.asarray(kv_lens, np.int32)
+    if np.any(q_lens > kv_lens):
+        raise ValueError(f"every q_len must be <= its kv_len, got {q_lens} > {kv_lens}")
+    need = -(-kv_lens // page_size)  # pages of each sequence
+    pages_per_seq = pages_per_seq or max(1, int(need.max(initial=0)))
+    num_pages = 1 + int(need.sum()) + spare_pages
+    num_tokens = num_tokens if num_tokens is not None else int(q_lens.sum())
+    shape = (num_pages, page_size, num_kv_heads, head_dim)
+    fill = np.nan if poison else 0.0
+    k_pages, v_pages = np.full(shape, fill, np.float32), np.full(shape, fill, np.float32)
+    page_table = np.zeros((len(kv_lens), pages_per_seq), np.int32)
+    free = rng.permutation(np.arange(1, num_pages, dtype=np.int32))
+    slot_mapping = np.zeros(num_tokens, np.int32)  # padding tokens write into the null page
+    cu_q_lens = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    for b, (q_len, kv_len) in enumerate(zip(q_lens, kv_lens, strict=True)):
+        page_table[b, : need[b]], free = free[: need[b]], free[need[b] :]
+        pos = np.arange(kv_len)
+        pages, offsets = page_table[b, pos // page_size], pos % page_size
+        cached = pos < kv_len - q_len
+        for pages_array in (k_pages, v_pages):
+            pages_array[pages[cached], offsets[cached]] = rng.standard_normal(
+                (int(cached.sum()), num_kv_heads, head_dim)
+            )
+        slot_mapping[cu_q_lens[b] : cu_q_lens[b + 1]] = (pages * page_size + offsets)[~cached]
+    # Padding tokens (past cu_q_lens[B]) carry NaN (or 0) queries, keys and values; their K/V
+    # land in the null page, which therefore stays poisoned after `write_kv`.
+    pad = np.where(np.arange(num_tokens) < cu_q_lens[-1], 0.0, fill)[:, None, None]
+    q = rng.standard_normal((num_tokens, num_heads, head_dim)) + pad
+    k, v = (rng.standard_normal((num_tokens, num_kv_heads, head_dim)) + pad for _ in range(2))
+    md = AttentionMetadata(
+        slot_mapping=jnp.asarray(slot_mapping),
+        page_table=jnp.asarray(page_table),
+        kv_lens=jnp.asarray(kv_lens),
+        cu_q_lens=jnp.asarray(cu_q_lens),
+        max_q_len=max_q_len or max(1, int(q_lens.max(initial=1))),
+    )
+    as_dtype = lambda x: jnp.asarray(x, dtype)
+    return Batch(as_dtype(q), as_dtype(k), as_dtype(v), as_dtype(k_pages), as_dtype(v_pages), md)
