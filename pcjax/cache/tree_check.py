@@ -50,6 +50,7 @@ def check_tree(tree: "RadixTree") -> None:
     if host_pool is None:
         assert not slots and not tree._offloads, "host slots without a host tier"
         return
+    host_pool.check_integrity()
     _check_ids("host slot", slots, host_pool, tree.num_host_pages)
     assert host_locked == tree._num_host_locked, (host_locked, tree._num_host_locked)
     tree._host_evictable.check_integrity(host_leaves)
