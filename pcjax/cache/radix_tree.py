@@ -31,14 +31,16 @@ back, device pages 1-3, host slots 1-3; pairs are (from -> to) copies)::
                             returns loads (2 -> 2) (3 -> 1) (1 -> 3), host slot -> device page
     evict(3)                drops the device copies only: the host holds them all already
 
-Device eviction of a node moves its pages to the host (host slots are freed by host eviction
-first if short) or, when the host already holds them, just drops the device copy. The copies are
-queued as ``(device page, host slot)`` pairs that `drain_offloads` hands to whoever moves the
-bytes; it must issue them before anything reuses the freed pages and before a `load` it performs
-(the engine's `KVManager` does both). Without a host tier, or when the host cannot make room, the
-pages are dropped (with any host-only descendants). With ``write_through`` a prefix is copied to
-the host when first inserted. Host eviction drops a host leaf's slots: a host-only node shrinks
-or goes, a node also on device keeps its device copy.
+Evicted device pages go to the host as queued ``(device page, host slot)`` copies (see `tiers`);
+whoever moves the bytes takes them with `drain_offloads` and must issue them before the freed
+pages are reused and before any `load` copy (the engine's `KVManager` does both).
+
+Policies. ``policy`` orders device evictions and gets the hooks: ``on_insert`` whenever a node
+enters the device tier (insert, `load`, or an insert that recomputed a host-only node),
+``on_access`` on matches and inserts, ``on_split``, and ``on_evict`` whenever pages leave the
+device (to the host or dropped). ``host_policy`` (by default a fresh copy of ``policy``) only gives
+the host tier's sort keys: right for policies whose key reads the tree's statistics (LRU, FIFO,
+LFU); a policy with per-node state sees host-only nodes only through ``policy``'s hooks.
 """
 
 import copy
@@ -75,7 +77,7 @@ class RadixTree(TierOps):
       write_through: copy a prefix to the host when it is first inserted (needs ``host_pool``);
         otherwise pages go to the host when evicted from the device (write back).
       host_policy: orders host evictions; a fresh copy of ``policy`` when None. It only gives sort
-        keys: the hooks go to ``policy``, so per-node policy state is the device policy's.
+        keys (see Policies in the module docstring).
     """
 
     def __init__(

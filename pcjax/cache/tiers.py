@@ -13,6 +13,13 @@ Device eviction of a device leaf's last ``k`` pages (``_evict_tail``)::
           ├─yes──> split off the tail; give it k slots; queue (page -> slot) copies; drop device
           └─no───> childless: trim the k tail pages (or remove the node), as without a host tier
                    else: split off the tail and remove it with its host-only subtree
+
+So a victim's pages move to the host, or the device copy is just dropped when the host holds them
+already; the copies are queued in ``_offloads`` for `RadixTree.drain_offloads`. Without a host
+tier, or when the host cannot make room (its slots locked), pages are dropped. With write through
+a prefix gets its host copy when first inserted. Host eviction of a host leaf's last ``k`` slots:
+a host-only node (always childless) is trimmed or removed, a node also on device keeps its device
+copy and loses the host one (splitting off the tail if needed).
 """
 
 from pcjax.cache.base import Node
@@ -60,8 +67,9 @@ class TierOps:
         self._refresh(parent)
 
     def _set_device(self, node: Node, pages: list[int]) -> None:
-        """A host-only node gets device pages (already CACHED)."""
+        """A host-only node gets device pages (already CACHED): it re-enters the device tier."""
         node.pages = pages
+        self.policy.on_insert(node, self.clock)
         node.parent.device_children += 1
         self._num_cached += len(pages)
         self._num_locked += len(pages) if node.lock_ref else 0

@@ -153,6 +153,7 @@ class Engine:
         arrays = build_step_arrays(scheduled, self.config.page_size, self.limits.max_pages_per_seq)
         next_tokens = np.asarray(self.runner.run(arrays))
         finished = self._postprocess(scheduled.entries, next_tokens)
+        self.kv.flush()  # write-through copies of the prefixes this step cached
         kind = "prefill" if prompt_tokens else "decode"
         self.counters[f"{kind}_steps"] += 1
         self.counters[f"{kind}_time_us"] += int(1e6 * (time.perf_counter() - start))
