@@ -7,12 +7,15 @@ alone, one token each (so TTFT is the whole request):
 
 * recompute: the prefix is nowhere (a new one);
 * device: the same prefix again, now cached on device;
-* host: every device page is evicted (moved to the host, timed to completion: the offload path)
-  and the prefix is loaded back at admission (the load is timed to completion: the load path).
+* host: every device page is evicted (moved to the host) and the prefix is loaded back at
+  admission; both copies are timed to completion (``in_run_*`` in the JSON, per page).
 
-The raw bandwidth is one ``jax.device_put`` of a contiguous array of the same bytes, device ->
-host memory kind and back, timed to completion in the same run. The crossover is the shortest
-tested prefix whose host-hit TTFT beats recomputing it.
+Bandwidth, per prefix length, while the prefix is on both tiers (so the copies are idempotent):
+rounds of raw ``jax.device_put`` of one contiguous array of the prefix's bytes device -> host
+memory kind, the offload path (the engine's `HostTransfers` on the prefix's pages), raw
+``device_put`` host -> device, the load path, interleaved so each sees the same machine load;
+medians. The crossover is the shortest tested prefix from which on a host hit's TTFT beats
+recomputing.
 
     python -m experiments.bench_offload --workdir=workdir/bench_offload
     python -m experiments.bench_offload --model=pcjax-tiny --prefix_lens=16,64,256 --repeats=2
@@ -43,6 +46,7 @@ _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "KV page size.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Activation and KV dtype.")
 _IMPL = flags.DEFINE_string("attention_impl", "auto", "Attention implementation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random prompts.")
+_BW_REPS = flags.DEFINE_integer("bandwidth_repeats", 9, "Interleaved rounds of the copy timings.")
 
 ONE_TOKEN = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
 
@@ -60,7 +64,7 @@ def main(argv):
     results = {
         "config": _describe(engine),
         "rows": rows,
-        "crossover_prefix_len": next((r["prefix_len"] for r in rows if r["host_wins"]), None),
+        "crossover_prefix_len": crossover(rows),
     }
     path = os.path.join(_WORKDIR.value, "bench_offload.json")
     with open(path, "w") as f:
@@ -102,25 +106,28 @@ class TransferTimer:
         self.inner = engine.kv.transfer
         self.page_bytes = self.inner.page_bytes
         self.runner = engine.runner
-        self.records: list[tuple[str, int, float]] = []  # (direction, pages, seconds)
+        self.records: list[tuple[str, list, float]] = []  # (direction, pairs, seconds)
         engine.kv.transfer = self
 
-    def __call__(self, offloads, loads):
+    def wait(self) -> None:
         jax.block_until_ready((self.runner.kv_cache, self.inner.host_kv))
+
+    def __call__(self, offloads, loads):
+        self.wait()
         for direction, pairs in (("out", offloads), ("in", loads)):
             if pairs:
                 start = time.perf_counter()
                 self.inner(*((pairs, []) if direction == "out" else ([], pairs)))
-                jax.block_until_ready((self.runner.kv_cache, self.inner.host_kv))
-                self.records.append((direction, len(pairs), time.perf_counter() - start))
+                self.wait()
+                self.records.append((direction, pairs, time.perf_counter() - start))
         if not offloads and not loads:
             self.inner([], [])
 
-    def take(self, direction: str) -> tuple[int, float]:
-        """Pages and seconds of the copies in ``direction`` since the last take."""
+    def take(self, direction: str) -> tuple[list, float]:
+        """Pairs copied in ``direction`` since the last take, and the seconds it took."""
         mine = [r for r in self.records if r[0] == direction]
         self.records = [r for r in self.records if r[0] != direction]
-        return sum(r[1] for r in mine), sum(r[2] for r in mine)
+        return [pair for r in mine for pair in r[1]], sum(r[2] for r in mine)
 
     def stats(self) -> dict:
         return self.inner.stats()
@@ -133,8 +140,7 @@ def _run_length(engine: Engine, timer: TransferTimer, rng, prefix_len: int, repe
         return rng.integers(3, vocab, n).tolist()
 
     samples = {"recompute": [], "device": [], "host": [], "out_s": [], "in_s": []}
-    pages = 0
-    for _ in range(repeats):
+    for repeat in range(repeats):
         prefix = tokens(prefix_len)
         ttft = {}
         ttft["recompute"] = _ttft(engine, prefix + tokens(_SUFFIX_LEN.value))
@@ -143,19 +149,21 @@ def _run_length(engine: Engine, timer: TransferTimer, rng, prefix_len: int, repe
         tree = engine.kv.cache
         tree.evict(tree.num_evictable_pages)
         engine.kv.flush()
-        pages, out_s = timer.take("out")
+        offloads, out_s = timer.take("out")
         host_before = engine.stats()["prefix_cache_host_hit_tokens"]
         ttft["host"] = _ttft(engine, prefix + tokens(_SUFFIX_LEN.value))
-        loaded, in_s = timer.take("in")
-        assert engine.stats()["prefix_cache_host_hit_tokens"] - host_before == loaded * (
+        loads, in_s = timer.take("in")
+        assert engine.stats()["prefix_cache_host_hit_tokens"] - host_before == len(loads) * (
             engine.config.page_size
         ), "the host hit was not loaded from the host"
+        if repeat == repeats - 1:  # the prefix is on both tiers now: copies are idempotent
+            paths = measure_paths(timer, loads, _BW_REPS.value)
         tree.reset()
         for key, value in ttft.items():
             samples[key].append(value)
-        samples["out_s"].append(out_s)
-        samples["in_s"].append(in_s)
-    return _summarize(engine, prefix_len, pages, loaded, samples)
+        samples["out_s"].append(out_s / len(offloads))
+        samples["in_s"].append(in_s / len(loads))
+    return _summarize(prefix_len, len(loads), samples, paths, timer.page_bytes)
 
 
 def _ttft(engine: Engine, prompt: list[int]) -> float:
@@ -163,52 +171,53 @@ def _ttft(engine: Engine, prompt: list[int]) -> float:
     return out.ttft_s
 
 
-def _summarize(engine, prefix_len, pages_out, pages_in, samples) -> dict:
+def measure_paths(timer: TransferTimer, loads: list, reps: int) -> dict:
+    """Medians over ``reps`` interleaved rounds of: raw device_put device -> host of the prefix's
+    bytes (one contiguous array), the offload path on its pages (the engine's `HostTransfers`),
+    raw device_put host -> device, the load path. Returns seconds per kind."""
+    device = jax.devices()[0]
+    to_device = jax.sharding.SingleDeviceSharding(device)
+    to_host = to_device.with_memory_kind(host_kv.host_memory_kind(device))
+    x = jax.device_put(np.ones(len(loads) * timer.page_bytes // 4, np.float32), to_device)
+    x_host = jax.device_put(x, to_host)
+    offloads = [(page, slot) for slot, page in loads]
+    kinds = {
+        "raw_d2h": lambda: jax.block_until_ready(jax.device_put(x, to_host)),
+        "offload": lambda: (timer.inner(offloads, []), timer.wait()),
+        "raw_h2d": lambda: jax.block_until_ready(jax.device_put(x_host, to_device)),
+        "load": lambda: (timer.inner([], loads), timer.wait()),
+    }
+    times = {kind: [] for kind in kinds}
+    for _ in range(reps):
+        for kind, fn in kinds.items():
+            start = time.perf_counter()
+            fn()
+            times[kind].append(time.perf_counter() - start)
+    return {kind: statistics.median(t) for kind, t in times.items()}
+
+
+def _summarize(prefix_len, num_pages, samples, paths, page_bytes) -> dict:
     med = {k: statistics.median(v) for k, v in samples.items()}
-    page_bytes = engine.kv.transfer.page_bytes
-    raw_d2h, raw_h2d = raw_bandwidth(pages_out * page_bytes)
-    out_bw = pages_out * page_bytes / med["out_s"]
-    in_bw = pages_in * page_bytes / med["in_s"]
+    nbytes = num_pages * page_bytes
+    gbps = {kind: nbytes / seconds / 1e9 for kind, seconds in paths.items()}
     return {
         "prefix_len": prefix_len,
         "ttft_recompute_s": med["recompute"],
         "ttft_device_s": med["device"],
         "ttft_host_s": med["host"],
         "host_wins": med["host"] < med["recompute"],
-        "offload_pages": pages_out,
-        "offload_bytes": pages_out * page_bytes,
-        "offload_s": med["out_s"],
-        "offload_gbps": out_bw / 1e9,
-        "load_pages": pages_in,
-        "load_s": med["in_s"],
-        "load_gbps": in_bw / 1e9,
-        "raw_d2h_gbps": raw_d2h / 1e9,
-        "raw_h2d_gbps": raw_h2d / 1e9,
-        "offload_fraction_of_raw": out_bw / raw_d2h,
-        "load_fraction_of_raw": in_bw / raw_h2d,
+        "prefix_pages": num_pages,
+        "prefix_bytes": nbytes,
+        "raw_d2h_gbps": gbps["raw_d2h"],
+        "offload_gbps": gbps["offload"],
+        "offload_fraction_of_raw": gbps["offload"] / gbps["raw_d2h"],
+        "raw_h2d_gbps": gbps["raw_h2d"],
+        "load_gbps": gbps["load"],
+        "load_fraction_of_raw": gbps["load"] / gbps["raw_h2d"],
+        "in_run_offload_gbps": page_bytes / med["out_s"] / 1e9,
+        "in_run_load_gbps": page_bytes / med["in_s"] / 1e9,
         "samples": samples,
     }
-
-
-def raw_bandwidth(num_bytes: int, reps: int = 7) -> tuple[float, float]:
-    """Bytes/s of one ``device_put`` device -> host memory kind and back (medians)."""
-    device = jax.devices()[0]
-    to_device = jax.sharding.SingleDeviceSharding(device)
-    to_host = to_device.with_memory_kind(host_kv.host_memory_kind(device))
-    x = jax.device_put(np.ones(max(1, num_bytes // 4), np.float32), to_device)
-    x_host = jax.device_put(x, to_host)
-
-    def timed(fn):
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    d2h = timed(lambda: jax.device_put(x, to_host))
-    h2d = timed(lambda: jax.device_put(x_host, to_device))
-    return x.nbytes / d2h, x.nbytes / h2d
 
 
 def _describe(engine: Engine) -> dict:
@@ -229,32 +238,38 @@ def _describe(engine: Engine) -> dict:
     }
 
 
+def crossover(rows: list[dict]) -> int | None:
+    """The shortest tested prefix length from which on (rows ascending) the host hit wins."""
+    winning = None
+    for row in rows:
+        winning = (winning or row["prefix_len"]) if row["host_wins"] else None
+    return winning
+
+
 def print_table(results: dict) -> None:
     cfg = results["config"]
     print(
         f"model {cfg['model']}, page {cfg['page_size']} tokens = {cfg['page_bytes']} bytes, "
-        f"{cfg['backend']}, load average {cfg['load_average'][0]:.1f}"
+        f"{cfg['backend']}, load average {cfg['load_average'][0]:.1f} on {cfg['cpu_count']} cores"
     )
-    header = (
-        f"{'prefix':>7} {'recompute':>10} {'device':>8} {'host':>8}   {'offload GB/s':>12} "
-        f"{'raw d2h':>8} {'frac':>5}   {'load GB/s':>9} {'raw h2d':>8} {'frac':>5}"
+    print(f"{'TTFT (ms)':>34}   {'GB/s, medians of interleaved rounds':>50}")
+    print(
+        f"{'prefix':>7} {'recompute':>9} {'device':>7} {'host':>7}   {'raw d2h':>7} {'offload':>7} "
+        f"{'frac':>5}   {'raw h2d':>7} {'load':>7} {'frac':>5}"
     )
-    print("TTFT (ms)".rjust(36) + "   transfers, timed to completion")
-    print(header)
     for r in results["rows"]:
         print(
-            f"{r['prefix_len']:>7} {1e3 * r['ttft_recompute_s']:>10.1f} "
-            f"{1e3 * r['ttft_device_s']:>8.1f} {1e3 * r['ttft_host_s']:>8.1f}   "
-            f"{r['offload_gbps']:>12.2f} {r['raw_d2h_gbps']:>8.2f} "
-            f"{r['offload_fraction_of_raw']:>5.2f}   {r['load_gbps']:>9.2f} "
-            f"{r['raw_h2d_gbps']:>8.2f} {r['load_fraction_of_raw']:>5.2f}"
+            f"{r['prefix_len']:>7} {1e3 * r['ttft_recompute_s']:>9.1f} "
+            f"{1e3 * r['ttft_device_s']:>7.1f} {1e3 * r['ttft_host_s']:>7.1f}   "
+            f"{r['raw_d2h_gbps']:>7.2f} {r['offload_gbps']:>7.2f} "
+            f"{r['offload_fraction_of_raw']:>5.2f}   {r['raw_h2d_gbps']:>7.2f} "
+            f"{r['load_gbps']:>7.2f} {r['load_fraction_of_raw']:>5.2f}"
         )
     crossover = results["crossover_prefix_len"]
-    print(
-        f"crossover: host hit beats recompute from prefix length {crossover} (shortest tested)"
-        if crossover
-        else "crossover: no tested prefix length has a host hit beating recompute"
-    )
+    if crossover is None:
+        print("crossover: no tested prefix length has a host hit beating recompute")
+    else:
+        print(f"crossover: a host hit beats recompute from prefix length {crossover} on")
 
 
 if __name__ == "__main__":
