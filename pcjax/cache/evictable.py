@@ -43,9 +43,6 @@ class EvictableLeaves:
     def __len__(self) -> int:
         return self._size
 
-    def __contains__(self, node: "Node") -> bool:
-        return getattr(node, self._flag)
-
     def push(self, node: "Node") -> None:
         """Adds ``node``, or re-keys it if it is a member already."""
         if not getattr(node, self._flag):
