@@ -12,9 +12,10 @@ the form XLA's host offloader turns into direct copies (a scatter or gather on h
 padded to a power of two (at least 8) and the loop runs ``count`` times, so a program is compiled
 per bucket, not per batch size. Copies run in order: a later copy to the same destination wins.
 
-Measured on a loaded 2-core CPU machine (12 layers, 384 KiB pages, jax 0.12): the loop reached
-2-4.6 GiB/s each way, against 0.4-1.3 GiB/s for a scatter/gather of the same pages and 0.9-5 GiB/s
-for a plain ``device_put`` of one contiguous array (see experiments/bench_offload.py).
+Measured on a shared 2-core CPU machine (jax 0.12, pcjax-small: 12 layers, 384 KiB pages, 1-128
+pages a batch): the copy loops reached 1.2-5.1 GB/s each way, 0.6-3x a raw ``device_put`` of the
+same bytes as one array, which allocates its destination (experiments/bench_offload.py); a
+scatter / gather of the same pages on host memory reached 0.4-1.4 GB/s in a one-off comparison.
 """
 
 import functools
