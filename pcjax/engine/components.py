@@ -81,6 +81,8 @@ def build_cache_components(cfg: EngineConfig, num_pages: int, model_config=None)
         return pool, NullCache(cfg.page_size)
     host_pool = None
     if cfg.swap_space > 0:
+        if model_config is None:
+            raise ValueError("a host tier (swap_space > 0) needs the model config to size pages")
         page_bytes = _page_bytes(cfg, model_config)
         num_slots = int(cfg.swap_space * 1e9 // page_bytes)
         if num_slots < 2:
