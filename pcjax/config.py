@@ -30,9 +30,11 @@ class EngineConfig:
       seed: seeds sampling of requests that bring no seed of their own.
       attention_impl: "reference" (plain jnp), "pallas" (the platform's Pallas kernel; interpret
         mode on CPU) or "auto" (pallas where it is at least as fast as the reference).
-      swap_space: GB of host memory for the second cache tier (0 disables it).
+      swap_space: GB of host memory for the second cache tier, pages evicted from the device go
+        there and host hits are loaded back (0 disables it; so does prefix caching off).
       write_policy: when the host tier receives pages: on device eviction ("write_back") or when a
-        prefix is first cached ("write_through").
+        prefix is first cached ("write_through"; pages the host could not take then still go on
+        eviction).
       debug: fill freed pages with NaN and check cache integrity after every step (slow).
     """
 

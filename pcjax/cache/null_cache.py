@@ -30,12 +30,13 @@ class NullCache:
         self.page_size = page_size
         self.root = Node((), [], None)  # the handle every call returns; locking it does nothing
 
-    num_cached_pages = num_evictable_pages = num_locked_pages = 0
+    num_cached_pages = num_evictable_pages = num_locked_pages = num_host_pages = 0
+    host_pool = None  # no host tier
 
     def match(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> MatchResult:
         if max_tokens is not None and max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
-        return MatchResult([], 0, self.root)
+        return MatchResult([], 0, self.root, [], self.root)
 
     def insert(self, tokens: Sequence[int], pages: Sequence[int]) -> InsertResult:
         pages = as_pages(pages)
@@ -50,6 +51,13 @@ class NullCache:
 
     def path_pages(self, node: Node) -> list[int]:
         self._check_handle(node)
+        return []
+
+    def load(self, node: Node) -> list[tuple[int, int]]:
+        self._check_handle(node)
+        return []
+
+    def drain_offloads(self) -> list[tuple[int, int]]:
         return []
 
     def evict(self, num_pages: int) -> int:

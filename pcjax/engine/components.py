@@ -50,14 +50,18 @@ def resolve_limits(cfg: EngineConfig, model_config) -> EngineLimits:
     return EngineLimits(max_model_len, batched, num_pages, max_pages_per_seq)
 
 
-def _pages_from_budget(cfg: EngineConfig, model_config, max_pages_per_seq: int) -> int:
-    page_bytes = kv_pages.page_bytes(
+def _page_bytes(cfg: EngineConfig, model_config) -> int:
+    return kv_pages.page_bytes(
         model_config.num_layers,
         cfg.page_size,
         model_config.num_kv_heads,
         model_config.head_dim,
         cfg.dtype,
     )
+
+
+def _pages_from_budget(cfg: EngineConfig, model_config, max_pages_per_seq: int) -> int:
+    page_bytes = _page_bytes(cfg, model_config)
     if cfg.kv_cache_memory_gb is not None:
         return int(cfg.kv_cache_memory_gb * 1e9 // page_bytes)
     budget = int(DEFAULT_KV_CACHE_GB * 1e9 // page_bytes)
@@ -65,9 +69,33 @@ def _pages_from_budget(cfg: EngineConfig, model_config, max_pages_per_seq: int) 
     return max(min(budget, wanted), max_pages_per_seq + 1)
 
 
-def build_cache_components(cfg: EngineConfig, num_pages: int):
-    """The page pool and the prefix cache (a `NullCache` when caching is off)."""
+def build_cache_components(cfg: EngineConfig, num_pages: int, model_config=None):
+    """The page pool and the prefix cache (a `NullCache` when caching is off).
+
+    With ``swap_space > 0`` (and caching on) the tree gets a host tier of
+    ``floor(swap_space * 1e9 / page_bytes)`` slots, the unused slot 0 included, so the host store
+    never holds more than ``swap_space`` GB (``model_config`` gives the page size in bytes).
+    """
     pool = PagePool(num_pages, track_freed=cfg.debug)
     if not cfg.enable_prefix_caching:
         return pool, NullCache(cfg.page_size)
-    return pool, RadixTree(pool, cfg.page_size, make_policy(cfg.eviction_policy))
+    host_pool = None
+    if cfg.swap_space > 0:
+        if model_config is None:
+            raise ValueError("a host tier (swap_space > 0) needs the model config to size pages")
+        page_bytes = _page_bytes(cfg, model_config)
+        num_slots = int(cfg.swap_space * 1e9 // page_bytes)
+        if num_slots < 2:
+            raise ValueError(
+                f"swap_space={cfg.swap_space} GB cannot hold one page of {page_bytes} bytes "
+                "(plus the unused slot 0)"
+            )
+        host_pool = PagePool(num_slots, track_freed=cfg.debug)
+    tree = RadixTree(
+        pool,
+        cfg.page_size,
+        make_policy(cfg.eviction_policy),
+        host_pool=host_pool,
+        write_through=host_pool is not None and cfg.write_policy == "write_through",
+    )
+    return pool, tree

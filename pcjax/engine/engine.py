@@ -19,6 +19,7 @@ from pcjax.config import EngineConfig
 from pcjax.engine import stopping
 from pcjax.engine.batch import build_step_arrays
 from pcjax.engine.components import build_cache_components, resolve_limits
+from pcjax.engine.host_transfers import HostTransfers
 from pcjax.engine.kv_manager import KVManager
 from pcjax.engine.request import Request, RequestOutput, Status
 from pcjax.engine.runner import ModelRunner
@@ -42,7 +43,7 @@ class Engine:
         self.model = models.load(cfg.model, dtype=cfg.dtype)
         self.tokenizer = self.model.tokenizer
         self.limits = resolve_limits(cfg, self.model.config)
-        pool, cache = build_cache_components(cfg, self.limits.num_pages)
+        pool, cache = build_cache_components(cfg, self.limits.num_pages, self.model.config)
         self.kv = KVManager(pool, cache, cfg.page_size, caching=cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv,
@@ -62,6 +63,9 @@ class Engine:
         )
         self.runner = ModelRunner(
             self.model.graphdef, self.model.params, cache_arrays, self.attention_impl
+        )
+        self.kv.transfer = HostTransfers(
+            self.runner, pool, cache.host_pool, mc, cfg.page_size, cfg.dtype, cfg.debug
         )
         self.counters = Counters()
         self._ids = itertools.count()
@@ -139,8 +143,9 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Runs one scheduled step; returns the requests that finished in it."""
         scheduled = self.scheduler.schedule()
-        if self.config.debug:  # before the run: pages freed while scheduling may be reused in it
-            self._nan_fill_freed_pages()
+        # Before the run: the offloads of this step's victims, whose pages the run may reuse;
+        # in debug mode the NaN fill of freed pages, too.
+        self.kv.flush()
         if not scheduled.entries:
             return []
         prompt_tokens = self._count_step(scheduled)
@@ -148,6 +153,7 @@ class Engine:
         arrays = build_step_arrays(scheduled, self.config.page_size, self.limits.max_pages_per_seq)
         next_tokens = np.asarray(self.runner.run(arrays))
         finished = self._postprocess(scheduled.entries, next_tokens)
+        self.kv.flush()  # write-through copies of the prefixes this step cached
         kind = "prefill" if prompt_tokens else "decode"
         self.counters[f"{kind}_steps"] += 1
         self.counters[f"{kind}_time_us"] += int(1e6 * (time.perf_counter() - start))
@@ -197,11 +203,6 @@ class Engine:
         c["preemptions"] += scheduled.num_preempted
         return prompt_tokens
 
-    def _nan_fill_freed_pages(self) -> None:
-        freed = self.kv.pool.drain_freed()
-        if freed:
-            self.runner.kv_cache = kv_pages.fill_pages(self.runner.kv_cache, np.asarray(freed))
-
     # --------------------------------------------------------------------------- offline API
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[RequestOutput]:
@@ -240,6 +241,7 @@ class Engine:
             "prefix_cache_hit_rate": kv.hit_tokens / kv.queried_tokens
             if kv.queried_tokens
             else 0.0,
+            "prefix_cache_host_hit_tokens": kv.host_hit_tokens,
             "computed_tokens": c["computed_tokens"],
             "computed_prompt_tokens": c["computed_prompt_tokens"],
             "generated_tokens": c["generated_tokens"],
@@ -256,6 +258,7 @@ class Engine:
             "in_use_pages": kv.pool.num_in_use,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
+            **kv.transfer.stats(),
         }
 
     def check_integrity(self) -> None:

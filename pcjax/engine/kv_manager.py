@@ -3,12 +3,16 @@
 The scheduler decides *which* requests run; this module gives them pages:
 
 * `admit` matches the request's tokens in the prefix cache, locks the matched path and adopts its
-  pages as the request's leading (shared) pages.
+  pages as the request's leading (shared) pages. A part of the match that lives in the host tier
+  is loaded back into freshly allocated pages first, if pages can be had (else it is recomputed).
 * `grow` allocates the pages that the next ``n`` tokens need, evicting cached pages by policy when
   the pool runs short.
 * `cache_computed` hands the request's full, computed pages to the cache (duplicates freed) and
   moves the lock to the end of the now-cached path.
 * `release` gives everything back when a request finishes or is preempted.
+* `flush` issues the page copies the cache queued (offloads of evicted pages), through the
+  engine's ``transfer``; it runs before every load and once per step after scheduling, so the
+  copies of one step's victims go out as one batch, before anything overwrites those pages.
 
 Worked example of `cache_computed` (P = 4, the request matched 1 page at admission)::
 
@@ -35,12 +39,14 @@ class KVManager:
         never handed over and stay the request's own until it is released.
     """
 
-    def __init__(self, pool, cache, page_size: int, *, caching: bool):
+    def __init__(self, pool, cache, page_size: int, *, caching: bool, transfer=None):
         self.pool = pool
         self.cache = cache
         self.page_size = page_size
         self.caching = caching
+        self.transfer = transfer  # (offloads, loads) -> None: copies pages; set by the engine
         self.hit_tokens = 0
+        self.host_hit_tokens = 0  # tokens loaded back from the host tier
         self.queried_tokens = 0
         self.evicted_pages = 0
 
@@ -56,10 +62,32 @@ class KVManager:
         tokens = req.all_token_ids
         match = self.cache.match(tokens, max_tokens=len(tokens) - 1)
         self.cache.lock(match.node)
-        req.cache_node = match.node
-        req.pages = list(match.pages)
-        req.num_shared_pages = len(match.pages)
-        req.num_computed_tokens = match.num_tokens
+        node = self._load(match) if match.host_slots else match.node
+        req.cache_node = node
+        req.pages = list(match.pages) if node is match.node else self.cache.path_pages(node)
+        req.num_shared_pages = len(req.pages)
+        req.num_computed_tokens = len(req.pages) * self.page_size
+
+    def _load(self, match) -> object:
+        """Loads the host part of ``match`` (``match.node`` is locked) into new device pages if
+        they can be had; returns the node that stays locked: ``host_node`` or ``node``."""
+        self.cache.lock(match.host_node)
+        if not self._reserve(len(match.host_slots)):
+            self.cache.unlock(match.host_node)
+            return match.node
+        self.cache.unlock(match.node)  # the lock on host_node covers it
+        loads = self.cache.load(match.host_node)
+        self.flush(loads)
+        self.host_hit_tokens += len(loads) * self.page_size
+        return match.host_node
+
+    def flush(self, loads: list[tuple[int, int]] = ()) -> None:
+        """Issues the cache's queued offloads, then ``loads`` (host slot, device page)."""
+        offloads = self.cache.drain_offloads()
+        if self.transfer is not None:
+            self.transfer(offloads, list(loads))
+        elif offloads or loads:
+            raise RuntimeError("the cache queued page copies but no transfer is set")
 
     def record_hit(self, req: Request) -> None:
         """Counts a successfully admitted request's prompt hit, once per request."""

@@ -27,6 +27,20 @@ def contents(tree: RadixTree) -> dict[tuple, int]:
     return out
 
 
+def tier_contents(tree: RadixTree) -> dict[tuple, tuple[int | None, int | None]]:
+    """Every cached page-aligned prefix -> (device page, host slot) of its last page (None: not
+    in that tier)."""
+    out, stack, P = {}, [(tree.root, ())], tree.page_size
+    while stack:
+        node, prefix = stack.pop()
+        for i in range(node.num_pages if node is not tree.root else 0):
+            page = node.pages[i] if node.pages else None
+            slot = node.host_slots[i] if node.host_slots else None
+            out[prefix + tuple(node.key[: (i + 1) * P])] = (page, slot)
+        stack += [(child, prefix + tuple(node.key)) for child in node.children.values()]
+    return out
+
+
 def path_tokens(node: Node) -> tuple:
     """All tokens from the root to the end of ``node``."""
     keys = []
@@ -57,4 +71,4 @@ class SizeKeyedPolicy(EvictionPolicy):
     name = "size"
 
     def key(self, node: Node):
-        return (-len(node.pages), node.last_access)
+        return (-node.num_pages, node.last_access)
