@@ -1,0 +1,196 @@
+"""More eviction policies: SLRU, S3-FIFO and GDSF, written as static sort keys.
+
+The tree keeps its evictable leaves in a lazy heap and may only re-key a node when it re-pushes it
+(after `on_insert`, `on_access`, `on_split` and a tail trim; see `pcjax.cache.policies`). Classic
+queue-based policies move entries between queues at eviction time (demotion, promotion, CLOCK
+reinsertion), which a static key cannot do. Each policy here therefore encodes its queues as an
+*offset* in clock ticks: an entry of the favoured queue gets ``last_access + window``, and the
+``window`` is steered on every eviction so the queue holds its target share of the cached pages
+(one tick per page evicted, kept within ``[-clock, clock]``). A window change only affects keys
+pushed after it, so the contract holds: every key is computed at a hook and stored in
+``node.policy_data``.
+
+* **SLRU** -- probation (never hit) and protected (hit at least once) segments; protected
+  entries get ``window`` extra ticks, steered so the protected segment holds ``protected_share``
+  (80%) of the pages. An unreachable share makes it strict SLRU (protected evicted last).
+* **S3-FIFO** -- a small FIFO queue (key: insertion time) and a main queue (key: ``last_access +
+  window``, LRU standing in for CLOCK), steered so the small queue holds ``small_share`` (10%).
+  An entry hit while small moves to main; pages evicted from the small queue leave a ghost
+  (a hash of the page's whole prefix, FIFO-bounded by the cached page count) and a new leaf whose
+  first page is a ghost enters main directly.
+* **GDSF** (Greedy-Dual-Size-Frequency) -- key ``H = L + F * C / S`` with ``F = hits + 1`` and
+  the inflation ``L`` raised to the key of every victim (aging). Cost model: recomputing one key
+  unit at depth ``x`` (units before it) costs ``1 + x * tokens_per_unit / ctx_tokens`` (a linear
+  part plus attention over the ``x`` earlier tokens, equal at ``ctx_tokens``, default 8192), so
+  ``C / S`` is the node's mean cost per unit. A trimmed leaf keeps its key.
+
+Host-only: plain Python, no jax.
+"""
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from pcjax.cache.policies import EvictionPolicy
+
+if TYPE_CHECKING:
+    from pcjax.cache.base import Node
+
+PROBATION, PROTECTED = 0, 1
+SMALL, MAIN = 0, 1
+
+
+class _Window:
+    """A clock-tick offset steered so that one segment holds ``target`` of the cached pages."""
+
+    def __init__(self, target: float, *, grow_when_over: bool, allow_negative: bool):
+        self.target = target
+        self.value = 0
+        self._grow_when_over = grow_when_over
+        self._allow_negative = allow_negative
+
+    def steer(self, pages: list[int], segment: int, step: int, clock: int) -> None:
+        total = pages[0] + pages[1]
+        over = total > 0 and pages[segment] > self.target * total
+        self.value += step if over == self._grow_when_over else -step
+        low = -clock if self._allow_negative else 0
+        self.value = max(low, min(self.value, clock))
+
+
+class SLRUPolicy(EvictionPolicy):
+    """Segmented LRU with a steered protection window (see the module docstring).
+
+    ``policy_data``: ``[segment, key]``.
+    """
+
+    name = "slru"
+
+    def __init__(self, protected_share: float = 0.8):
+        self.window = _Window(protected_share, grow_when_over=False, allow_negative=False)
+        self.pages = [0, 0]  # cached pages per segment
+
+    def key(self, node: "Node") -> int:
+        return node.policy_data[1]
+
+    def on_insert(self, node: "Node", clock: int) -> None:
+        node.policy_data = [PROBATION, clock]
+        self.pages[PROBATION] += len(node.pages)
+
+    def on_access(self, node: "Node", clock: int) -> None:
+        data = node.policy_data
+        if node.hits and data[0] == PROBATION:
+            data[0] = PROTECTED
+            self.pages[PROBATION] -= len(node.pages)
+            self.pages[PROTECTED] += len(node.pages)
+        data[1] = clock + (self.window.value if data[0] == PROTECTED else 0)
+
+    def on_split(self, prefix: "Node", suffix: "Node") -> None:
+        prefix.policy_data = list(suffix.policy_data)
+
+    def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
+        self.pages[node.policy_data[0]] -= num_pages
+        self.window.steer(self.pages, PROTECTED, num_pages, clock)
+
+
+class S3FIFOPolicy(EvictionPolicy):
+    """S3-FIFO with a steered main-queue window and a ghost of small-queue victims.
+
+    ``policy_data``: ``[queue, key, page_ids]`` (``page_ids``: a hash of each page's prefix).
+    """
+
+    name = "s3fifo"
+
+    def __init__(self, small_share: float = 0.1):
+        self.window = _Window(small_share, grow_when_over=True, allow_negative=True)
+        self.pages = [0, 0]  # cached pages per queue
+        self.ghost: OrderedDict[int, None] = OrderedDict()
+
+    def key(self, node: "Node") -> int:
+        return node.policy_data[1]
+
+    def on_insert(self, node: "Node", clock: int) -> None:
+        ids = _page_ids(node)
+        queue = MAIN if self.ghost.pop(ids[0], False) is None else SMALL
+        node.policy_data = [queue, self._key(node, queue, clock), ids]
+        self.pages[queue] += len(node.pages)
+
+    def on_access(self, node: "Node", clock: int) -> None:
+        data = node.policy_data
+        if node.hits and data[0] == SMALL:
+            data[0] = MAIN
+            self.pages[SMALL] -= len(node.pages)
+            self.pages[MAIN] += len(node.pages)
+        data[1] = self._key(node, data[0], clock)
+
+    def _key(self, node: "Node", queue: int, clock: int) -> int:
+        return node.created if queue == SMALL else clock + self.window.value
+
+    def on_split(self, prefix: "Node", suffix: "Node") -> None:
+        queue, key, ids = suffix.policy_data
+        cut = len(prefix.pages)
+        prefix.policy_data = [queue, key, ids[:cut]]
+        suffix.policy_data[2] = ids[cut:]
+
+    def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
+        queue, _, ids = node.policy_data
+        self.pages[queue] -= num_pages
+        if queue == SMALL:
+            for page_id in ids[len(ids) - num_pages :]:
+                self.ghost[page_id] = None
+            while len(self.ghost) > max(1, self.pages[0] + self.pages[1]):
+                self.ghost.popitem(last=False)
+        del ids[len(ids) - num_pages :]
+        self.window.steer(self.pages, SMALL, num_pages, clock)
+
+
+def _page_ids(node: "Node") -> list[int]:
+    """A hash of every page's whole prefix, chained from the parent's last page."""
+    parent = node.parent.policy_data if node.parent is not None else None
+    h = parent[2][-1] if parent else 0
+    P = len(node.key) // len(node.pages)
+    ids = []
+    for i in range(0, len(node.key), P):
+        h = hash((h, node.key[i : i + P]))
+        ids.append(h)
+    return ids
+
+
+class GDSFPolicy(EvictionPolicy):
+    """Greedy-Dual-Size-Frequency with a depth-aware recompute cost (see the module docstring).
+
+    ``policy_data``: ``[start, H]``, ``start`` being the key units before the node.
+    """
+
+    name = "gdsf"
+    token_aware = True
+
+    def __init__(self, tokens_per_unit: int = 1, ctx_tokens: int = 8192):
+        self.scale = tokens_per_unit / ctx_tokens  # cost slope per unit of depth
+        self.inflation = 0.0  # L
+
+    def key(self, node: "Node") -> float:
+        return node.policy_data[1]
+
+    def _h(self, node: "Node", start: int) -> float:
+        mean_cost = 1.0 + (start + len(node.key) / 2) * self.scale
+        return self.inflation + (node.hits + 1) * mean_cost
+
+    def on_insert(self, node: "Node", clock: int) -> None:
+        parent = node.parent.policy_data if node.parent is not None else None
+        start = parent[0] + len(node.parent.key) if parent else 0
+        node.policy_data = [start, self._h(node, start)]
+
+    def on_access(self, node: "Node", clock: int) -> None:
+        node.policy_data[1] = self._h(node, node.policy_data[0])
+
+    def on_split(self, prefix: "Node", suffix: "Node") -> None:
+        start = suffix.policy_data[0]
+        prefix.policy_data = [start, self._h(prefix, start)]
+        suffix.policy_data = [start + len(prefix.key), self._h(suffix, start + len(prefix.key))]
+
+    def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
+        self.inflation = max(self.inflation, node.policy_data[1])
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    cls.name: cls for cls in (SLRUPolicy, S3FIFOPolicy, GDSFPolicy)
+}
