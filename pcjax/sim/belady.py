@@ -1,6 +1,7 @@
 """Belady's MIN with bypass under the leaf-only constraint: the offline upper bound of replay.
 
-It needs the future, so it exists only here (never in `make_policy` or the engine's list).
+It needs the future, so it exists only here (never in `make_policy` or the engine's list), with
+``oracle_lru`` (`OracleAdmission`): LRU that admits only blocks with a future use.
 
 Next use: ``next_use[i][j]`` is the index of the first request after ``i`` whose prompt holds
 block ``requests[i].block_ids[j]`` (`NEVER` if none), precomputed in one backward pass. Before
@@ -25,7 +26,7 @@ sooner (prefix chaining), so they would be bypassed too.
 
 from typing import TYPE_CHECKING
 
-from pcjax.cache.policies import EvictionPolicy
+from pcjax.cache.policies import EvictionPolicy, LRUPolicy
 
 if TYPE_CHECKING:
     from pcjax.cache.base import Node
@@ -95,6 +96,30 @@ class BeladyOracle:
             admitted += 1
         assert pool.num_free >= admitted
         return admitted
+
+
+class OracleAdmission(BeladyOracle):
+    """LRU eviction with Belady's foreknowledge used for admission only ("oracle_lru").
+
+    It caches exactly the missed blocks that are ever used again (what a perfect dead-block
+    predictor would admit) and evicts by recency. Not a bound, a yardstick: how far an online
+    policy could get by predicting *whether* a block returns, without knowing *when*.
+    """
+
+    def __init__(self, trace: "Trace"):
+        super().__init__(trace)
+        self.policy = LRUPolicy()
+
+    def admit_count(self, tree: "RadixTree", ids: tuple, d: int) -> int:
+        next_of, admitted = self.next_of, 0
+        for b in ids[d:]:
+            if next_of[b] == NEVER:
+                break
+            admitted += 1
+        return admitted
+
+
+ORACLES = {"belady": BeladyOracle, "oracle_lru": OracleAdmission}
 
 
 def _furthest_next_use(tree: "RadixTree") -> int:

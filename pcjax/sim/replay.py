@@ -34,7 +34,7 @@ from pcjax.cache.base import MatchResult, Node
 from pcjax.cache.page_pool import PagePool
 from pcjax.cache.policies import EvictionPolicy, make_policy
 from pcjax.cache.radix_tree import RadixTree
-from pcjax.sim.belady import BeladyOracle
+from pcjax.sim.belady import ORACLES, BeladyOracle
 from pcjax.sim.trace import Request, Trace
 
 
@@ -173,7 +173,8 @@ def replay(
     """Replays ``trace`` sequentially (see the module docstring) and counts hits.
 
     Args:
-      policy: an engine policy name or object, or "belady" (the offline bound with bypass).
+      policy: an engine policy name or object, "belady" (the offline bound with bypass) or
+        "oracle_lru" (LRU admitting only blocks that are used again).
       host_capacity_blocks: > 0 adds the host tier (two-tier mode).
       check_every: check tree and pool integrity every that many requests (0: never).
     """
@@ -193,12 +194,13 @@ def replay(
 
 
 def resolve_policy(policy, trace: Trace) -> tuple[EvictionPolicy, BeladyOracle | None]:
-    """A policy object for ``policy`` (a name or an object), and Belady's oracle when it is one.
+    """A policy object for ``policy`` (a name or an object), and its oracle for the replay-only
+    "belady" and "oracle_lru" (`pcjax.sim.belady`), None otherwise.
 
     Token-aware policies (GDSF) are told that one key unit is ``trace.block_tokens`` tokens.
     """
-    if policy == "belady":
-        oracle = BeladyOracle(trace)
+    if isinstance(policy, str) and policy in ORACLES:
+        oracle = ORACLES[policy](trace)
         return oracle.policy, oracle
     if isinstance(policy, str):
         return make_policy(policy, tokens_per_unit=trace.block_tokens), None
