@@ -17,7 +17,7 @@ pushed after it, so the contract holds: every key is computed at a hook and stor
   window``, LRU standing in for CLOCK), steered so the small queue holds ``small_share`` (10%).
   An entry hit while small moves to main; pages evicted from the small queue leave a ghost
   (a hash of the page's whole prefix, FIFO-bounded by the cached page count) and a new leaf whose
-  first page is a ghost enters main directly.
+  first page is a ghost enters main directly. The ghost holds as many pages as the cache ever did.
 * **GDSF** (Greedy-Dual-Size-Frequency) -- key ``H = L + F * C / S`` with ``F = hits + 1`` and
   the inflation ``L`` raised to the key of every victim (aging). Cost model: recomputing one key
   unit at depth ``x`` (units before it) costs ``1 + x * tokens_per_unit / ctx_tokens`` (a linear
@@ -104,15 +104,18 @@ class S3FIFOPolicy(EvictionPolicy):
         self.window = _Window(small_share, grow_when_over=True, allow_negative=True)
         self.pages = [0, 0]  # cached pages per queue
         self.ghost: OrderedDict[int, None] = OrderedDict()
+        self.ghost_size = 1  # the most pages ever cached: the cache's size as far as we know
 
     def key(self, node: "Node") -> int:
         return node.policy_data[1]
 
     def on_insert(self, node: "Node", clock: int) -> None:
         ids = _page_ids(node)
-        queue = MAIN if self.ghost.pop(ids[0], False) is None else SMALL
+        queue = MAIN if ids[0] in self.ghost else SMALL
+        self.ghost.pop(ids[0], None)
         node.policy_data = [queue, self._key(node, queue, clock), ids]
         self.pages[queue] += len(node.pages)
+        self.ghost_size = max(self.ghost_size, self.pages[SMALL] + self.pages[MAIN])
 
     def on_access(self, node: "Node", clock: int) -> None:
         data = node.policy_data
@@ -137,7 +140,7 @@ class S3FIFOPolicy(EvictionPolicy):
         if queue == SMALL:
             for page_id in ids[len(ids) - num_pages :]:
                 self.ghost[page_id] = None
-            while len(self.ghost) > max(1, self.pages[0] + self.pages[1]):
+            while len(self.ghost) > self.ghost_size:
                 self.ghost.popitem(last=False)
         del ids[len(ids) - num_pages :]
         self.window.steer(self.pages, SMALL, num_pages, clock)
@@ -218,8 +221,9 @@ class DeadlinePolicy(EvictionPolicy):
     dead-block oracle 75%: the rest of the gap to Belady is knowing *which* fresh blocks return,
     which the tree cannot see.
 
-    ``policy_data``: ``[key, superseded]``. Keys are fixed at the push hooks, the lag only moves
-    in `on_evict`, so the lazy-heap contract holds.
+    ``policy_data``: ``[key, superseded]``, the key ``(0, last_access)`` for a diverged-from
+    branch never hit and ``(1, deadline)`` otherwise. Keys are fixed at the push hooks, the lag
+    only moves in `on_evict`, so the lazy-heap contract holds.
     """
 
     name = "deadline"
@@ -230,13 +234,13 @@ class DeadlinePolicy(EvictionPolicy):
         self.lag = 0.0  # clock ticks between a victim's deadline and its eviction
         self.frontier = float("-inf")  # the largest victim key so far
 
-    def key(self, node: "Node") -> float:
+    def key(self, node: "Node") -> tuple[int, float]:
         return node.policy_data[0]
 
-    def _deadline(self, node: "Node", superseded: bool, clock: int) -> float:
+    def _deadline(self, node: "Node", superseded: bool, clock: int) -> tuple[int, float]:
         if superseded and node.hits == 0:
-            return clock - 16 * self.lag - 1
-        return clock + self.lag * self.bonus * math.log2(1 + node.hits)
+            return (0, clock)  # before every live leaf
+        return (1, clock + self.lag * self.bonus * math.log2(1 + node.hits))
 
     def on_insert(self, node: "Node", clock: int) -> None:
         node.policy_data = [self._deadline(node, False, clock), False]
@@ -249,8 +253,10 @@ class DeadlinePolicy(EvictionPolicy):
         suffix.policy_data = [self._deadline(suffix, True, suffix.last_access), True]
 
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
-        self.frontier = max(self.frontier, node.policy_data[0])
-        self.lag += self.lag_ema * (max(0.0, clock - self.frontier) - self.lag)
+        live, deadline = node.policy_data[0]
+        if live:
+            self.frontier = max(self.frontier, deadline)
+            self.lag += self.lag_ema * (max(0.0, clock - self.frontier) - self.lag)
 
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
