@@ -153,7 +153,7 @@ def print_table(rows: list[dict]) -> None:
             for c in caps:
                 r = next(x for x in sub if x["policy"] == policy and x["capacity_tokens"] == c)
                 frac = r.get("fraction_of_belady")
-                cells.append(f"{r['token_hit_rate']:.4f} [{frac:.2f}]" if frac else "-")
+                cells.append(f"{r['token_hit_rate']:.4f}" + (f" [{frac:.2f}]" if frac else ""))
             print(f"{policy:>10} " + " ".join(f"{c:>18}" for c in cells))
 
 
