@@ -147,6 +147,9 @@ def print_table(rows: list[dict]) -> None:
         sub = [r for r in rows if r["trace"] == trace]
         caps = sorted({r["capacity_tokens"] for r in sub})
         print(f"\n{trace} ({_MODE.value}): token hit rate [fraction of Belady]")
+        infinite = next((r for r in sub if r["policy"] == "infinite"), None)
+        if infinite:
+            print(f"infinite-cache token hit rate {infinite['token_hit_rate']:.1%}")
         print(f"{'policy':>10} " + " ".join(f"{c:>18,}" for c in caps))
         for policy in dict.fromkeys(r["policy"] for r in sub):
             cells = []

@@ -103,19 +103,16 @@ class S3FIFOPolicy(EvictionPolicy):
     def __init__(self, small_share: float = 0.1):
         self.window = _Window(small_share, grow_when_over=True, allow_negative=True)
         self.pages = [0, 0]  # cached pages per queue
-        self.ghost: OrderedDict[int, None] = OrderedDict()
-        self.ghost_size = 1  # the most pages ever cached: the cache's size as far as we know
+        self.ghost = _Ghost()
 
     def key(self, node: "Node") -> int:
         return node.policy_data[1]
 
     def on_insert(self, node: "Node", clock: int) -> None:
         ids = _page_ids(node)
-        queue = MAIN if ids[0] in self.ghost else SMALL
-        self.ghost.pop(ids[0], None)
+        queue = MAIN if self.ghost.cached(ids) else SMALL
         node.policy_data = [queue, self._key(node, queue, clock), ids]
         self.pages[queue] += len(node.pages)
-        self.ghost_size = max(self.ghost_size, self.pages[SMALL] + self.pages[MAIN])
 
     def on_access(self, node: "Node", clock: int) -> None:
         data = node.policy_data
@@ -137,17 +134,43 @@ class S3FIFOPolicy(EvictionPolicy):
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
         queue, _, ids = node.policy_data
         self.pages[queue] -= num_pages
-        if queue == SMALL:
-            for page_id in ids[len(ids) - num_pages :]:
-                self.ghost[page_id] = None
-            while len(self.ghost) > self.ghost_size:
-                self.ghost.popitem(last=False)
+        self.ghost.evicted(ids[len(ids) - num_pages :], remember=queue == SMALL)
         del ids[len(ids) - num_pages :]
         self.window.steer(self.pages, SMALL, num_pages, clock)
 
 
+class _Ghost:
+    """Recently evicted pages, by prefix hash, FIFO-bounded by the most pages ever cached."""
+
+    def __init__(self):
+        self._ids: OrderedDict[int, None] = OrderedDict()
+        self._cached = 0
+        self._size = 1
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def cached(self, ids: list[int]) -> bool:
+        """The pages ``ids`` of a new leaf were cached; whether its first page was a ghost."""
+        returned = ids[0] in self._ids
+        for page_id in ids:
+            self._ids.pop(page_id, None)
+        self._cached += len(ids)
+        self._size = max(self._size, self._cached)
+        return returned
+
+    def evicted(self, ids: list[int], *, remember: bool = True) -> None:
+        self._cached -= len(ids)
+        if remember:
+            for page_id in ids:
+                self._ids[page_id] = None
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
 def _page_ids(node: "Node") -> list[int]:
-    """A hash of every page's whole prefix, chained from the parent's last page."""
+    """A hash of every page's whole prefix, chained from the parent's last page (the parent's
+    ``policy_data[2]`` holds its own)."""
     parent = node.parent.policy_data if node.parent is not None else None
     h = parent[2][-1] if parent else 0
     P = len(node.key) // len(node.pages)
@@ -196,34 +219,36 @@ class GDSFPolicy(EvictionPolicy):
 
 
 class DeadlinePolicy(EvictionPolicy):
-    """Our own: every leaf gets a deadline, ``last_access + lag * log2(1 + hits)``; the earliest
-    deadline goes first, and a branch a request diverged from before it was ever hit goes first
-    of all.
+    """Our own: every leaf gets a deadline, ``last_access + lag * log2(1 + proofs)``, and the
+    earliest deadline goes first; ``proofs`` counts the node's hits, plus one if its first page
+    came back soon after we evicted it. A branch a request diverged from before it was ever
+    proven goes first of all.
 
     The idea. Replaying the Mooncake traces against Belady shows where LRU loses: it gives every
     block the same lifetime, while a block that was reused already is 1.5-3x as likely to be
     reused again as a fresh one (conversation trace: 28% of fresh blocks are ever reused, 42% of
     blocks hit once, 50-75% of blocks hit more often). So a proven prefix earns extra lifetimes:
-    one *lag* per doubling of its hits, where the lag is how far the eviction frontier trails the
-    clock (an EMA of ``clock - key`` over the victims, ``lag_ema`` per victim node). Measured in
-    lags, the bonus scales with the cache and the arrival rate by itself, so the one constant
-    (``1`` lifetime per doubling) carries across traces and capacities without retuning. Second,
-    the tree sees a request *diverge* from a cached leaf (a match that ends inside it splits it):
-    the part of the leaf left behind, if never hit, is evicted first -- in the Mooncake traces
-    this is the previous turn's partial last block, which the next turn rewrote (1% of those are
-    ever reused). Tree structure does the rest: a hit on a deep node bumps its whole path, and
-    trimming is tail-first.
+    one *lag* per doubling of its proofs, where the lag is how far the eviction frontier trails
+    the clock (an EMA of ``clock - deadline`` over the victims). Measured in lags, the bonus
+    scales with the cache and the arrival rate by itself, so its one constant (a lifetime per
+    doubling) carries across traces and capacities without retuning. A proof need not be a
+    hit: as in S3-FIFO, the policy remembers hashes of recently evicted pages (as many as the
+    cache holds), and a new leaf whose first page is among them -- a conversation that came
+    back just too late -- starts proven. Last, the tree sees a request *diverge* from a cached
+    leaf (a match ending inside it splits it): the part left behind, if unproven, goes first --
+    in the Mooncake traces it is the previous turn's partial last block, which the next turn
+    rewrote (1% of those are ever reused).
 
     Evidence (token hit rate, ``experiments/compare_eviction.py``; the notebook plots it): vs LRU
-    +5% / +8% / +4% at 1M / 3M / 10M tokens on the conversation trace and +2% / +3% / +2% on the
-    synthetic one; 41.6% of Belady at 3M on conversation (LRU 38.5%). Offline-tuned per-class
-    offsets (hits x depth x increment size) reach at most ~42%, and LRU with a perfect
-    dead-block oracle 75%: the rest of the gap to Belady is knowing *which* fresh blocks return,
-    which the tree cannot see.
+    +12% / +11% / +5% at 1M / 3M / 10M tokens on the conversation trace and +2% / +2% / +3% on
+    the synthetic one; 42.9% of Belady at 3M on conversation (LRU 38.5%). Offline-tuned
+    per-class offsets (hits x depth x increment size) reached about 42%, and LRU with a perfect
+    dead-block oracle (``oracle_lru``) reaches 75%: the rest of the gap to Belady is knowing
+    *which* fresh blocks will return, which the tree cannot see.
 
-    ``policy_data``: ``[key, superseded]``, the key ``(0, last_access)`` for a diverged-from
-    branch never hit and ``(1, deadline)`` otherwise. Keys are fixed at the push hooks, the lag
-    only moves in `on_evict`, so the lazy-heap contract holds.
+    ``policy_data``: ``[key, superseded, page_ids, ghost_proof]``, the key ``(0, last_access)``
+    for an unproven diverged-from branch and ``(1, deadline)`` otherwise. Keys are fixed at the
+    push hooks and the lag only moves in `on_evict`, so the lazy-heap contract holds.
     """
 
     name = "deadline"
@@ -232,28 +257,38 @@ class DeadlinePolicy(EvictionPolicy):
         self.bonus = lifetimes_per_doubling
         self.lag_ema = lag_ema
         self.lag = 0.0  # clock ticks between a victim's deadline and its eviction
-        self.frontier = float("-inf")  # the largest victim key so far
+        self.frontier = float("-inf")  # the largest victim deadline so far
+        self.ghost = _Ghost()
 
     def key(self, node: "Node") -> tuple[int, float]:
         return node.policy_data[0]
 
-    def _deadline(self, node: "Node", superseded: bool, clock: int) -> tuple[int, float]:
-        if superseded and node.hits == 0:
+    def _deadline(self, node: "Node", data: list, clock: int) -> tuple[int, float]:
+        proofs = node.hits + data[3]
+        if data[1] and proofs == 0:
             return (0, clock)  # before every live leaf
-        return (1, clock + self.lag * self.bonus * math.log2(1 + node.hits))
+        return (1, clock + self.lag * self.bonus * math.log2(1 + proofs))
 
     def on_insert(self, node: "Node", clock: int) -> None:
-        node.policy_data = [self._deadline(node, False, clock), False]
+        ids = _page_ids(node)
+        data = [None, False, ids, int(self.ghost.cached(ids))]
+        data[0] = self._deadline(node, data, clock)
+        node.policy_data = data
 
     def on_access(self, node: "Node", clock: int) -> None:
-        node.policy_data[0] = self._deadline(node, node.policy_data[1], clock)
+        node.policy_data[0] = self._deadline(node, node.policy_data, clock)
 
     def on_split(self, prefix: "Node", suffix: "Node") -> None:
-        prefix.policy_data = [suffix.policy_data[0], False]
-        suffix.policy_data = [self._deadline(suffix, True, suffix.last_access), True]
+        data = suffix.policy_data
+        cut = len(prefix.pages)
+        prefix.policy_data = [data[0], False, data[2][:cut], data[3]]
+        data[1], data[2] = True, data[2][cut:]
+        data[0] = self._deadline(suffix, data, suffix.last_access)
 
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
-        live, deadline = node.policy_data[0]
+        (live, deadline), _, ids, _ = node.policy_data
+        self.ghost.evicted(ids[len(ids) - num_pages :])
+        del ids[len(ids) - num_pages :]
         if live:
             self.frontier = max(self.frontier, deadline)
             self.lag += self.lag_ema * (max(0.0, clock - self.frontier) - self.lag)

@@ -123,8 +123,8 @@ class SimCache:
 class HostTier:
     """The host tier of two-tier replay: a second tree that receives device victims."""
 
-    def __init__(self, capacity_blocks: int, policy: str = "lru"):
-        self.cache = SimCache(capacity_blocks, make_policy(policy))
+    def __init__(self, capacity_blocks: int, policy: str = "lru", tokens_per_unit: int = 1):
+        self.cache = SimCache(capacity_blocks, make_policy(policy, tokens_per_unit=tokens_per_unit))
         self._held: Node | None = None
 
     def lookup(self, ids: tuple, device_hits: int) -> int:
@@ -179,7 +179,9 @@ def replay(
       check_every: check tree and pool integrity every that many requests (0: never).
     """
     policy, oracle = resolve_policy(policy, trace)
-    host = HostTier(host_capacity_blocks, host_policy) if host_capacity_blocks > 0 else None
+    host = None
+    if host_capacity_blocks > 0:
+        host = HostTier(host_capacity_blocks, host_policy, trace.block_tokens)
     callback = host.write_back if host is not None and not write_through else None
     cache = SimCache(capacity_blocks, policy, evict_callback=callback)
     tally = Tally(trace.block_tokens)
@@ -189,6 +191,8 @@ def replay(
         _one_request(cache, host, oracle, i, r, tally, write_through)
         if check_every and (i + 1) % check_every == 0:
             cache.check()
+            if host is not None:
+                host.cache.check()
     seconds = time.perf_counter() - start
     return tally.result(trace, policy.name, capacity_blocks, cache.evicted, seconds)
 
