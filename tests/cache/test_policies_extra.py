@@ -123,12 +123,12 @@ def test_deadline_gives_a_lag_per_doubling_of_hits():
 
 def test_deadline_counts_a_quick_return_after_eviction_as_a_proof():
     policy = DeadlinePolicy()
-    tree = build(policy, "+a +b +a", capacity=1)  # "b" evicts "a", which comes back
+    tree = build(policy, "+a +b +c +a", capacity=2)  # "c" evicts "a", which comes back
     data = tree.root.children[("a",)].policy_data
     assert data[3] == 1 and len(policy.ghost) == 1  # "b" is the ghost now
     assert data[0] == (1, tree.root.children[("a",)].last_access + policy.lag)
-    tree = build(DeadlinePolicy(), "+a +b +c", capacity=1)
-    assert tree.root.children[("c",)].policy_data[3] == 0
+    tree = build(DeadlinePolicy(), "+a +b +c +d", capacity=2)
+    assert tree.root.children[("d",)].policy_data[3] == 0
 
 
 def test_deadline_lag_follows_the_eviction_frontier():
