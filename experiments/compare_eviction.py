@@ -15,6 +15,8 @@ used again: what perfect dead-block prediction would buy) and ``infinite`` (no e
     python -m experiments.compare_eviction --trace=chat --num_requests=5000 --mode=timed
     python -m experiments.compare_eviction --mode=two_tier --capacities_tokens=1000000 \
         --host_capacity_tokens=10000000
+    # a named sweep of configs/eviction.py (mooncake, timed, two_tier, generators, engine)
+    python -m experiments.compare_eviction --sweep=two_tier --workdir=workdir/compare_eviction
     # the real engine (needs pcjax.models): TTFT and throughput next to the hit rate
     python -m experiments.compare_eviction --mode=engine --trace=mixed --num_requests=200 \
         --capacities_tokens=4096 --model=pcjax-tiny
@@ -24,6 +26,7 @@ holds ``capacity_tokens // block_tokens`` blocks. Bundled traces are read from -
 (``../shared/traces``, relative to the repository root the command runs in).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -60,6 +63,7 @@ _BLOCK_TOKENS = flags.DEFINE_integer("block_tokens", 512, "Tokens per block of g
 _PREFILL = flags.DEFINE_float("prefill_tokens_per_s", 10_000.0, "timed: prefill speed.")
 _DECODE = flags.DEFINE_float("decode_tokens_per_s", 50.0, "timed: decode speed per request.")
 _CHECK_EVERY = flags.DEFINE_integer("check_every", 0, "Integrity check period (0: never).")
+_SWEEP = flags.DEFINE_string("sweep", None, "A named sweep of configs/eviction.py (flag defaults).")
 _MODEL = flags.DEFINE_string("model", "pcjax-tiny", "engine: preset or checkpoint directory.")
 _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "engine: tokens per KV page.")
 _TOKENS_PER_BLOCK = flags.DEFINE_integer("tokens_per_block", 16, "engine: tokens per trace block.")
@@ -168,8 +172,22 @@ _FLAG_NAMES = [f.name for f in (_TRACE, _POLICIES, _CAPACITIES, _HOST, _HOST_POL
 _FLAG_NAMES += [f.name for f in (_NUM_REQUESTS, _SEED, _BLOCK_TOKENS, _PREFILL, _DECODE)]
 
 
+def apply_sweep(name: str) -> None:
+    """Sets the flags a sweep names, unless they were given on the command line."""
+    from configs import eviction
+
+    sweep = eviction.get_config(name)
+    for field in dataclasses.fields(sweep):
+        flag = flags.FLAGS[field.name]
+        if not flag.present:
+            value = getattr(sweep, field.name)
+            flag.value = [str(v) for v in value] if isinstance(value, tuple) else value
+
+
 def main(argv):
     del argv
+    if _SWEEP.value:
+        apply_sweep(_SWEEP.value)
     os.makedirs(_WORKDIR.value, exist_ok=True)
     capacities = [int(c) for c in _CAPACITIES.value]
     policies = policy_names()

@@ -45,3 +45,17 @@ def test_compare_eviction_writes_one_row_per_trace_policy_capacity(tmp_path, mod
         )
         if mode == "sequential" and r["policy"] != "infinite":
             assert r["block_hit_rate"] <= best["block_hit_rate"]
+
+
+def test_named_sweeps_are_valid_and_resolve_their_traces():
+    from configs import eviction
+    from pcjax.sim.generators import GENERATORS
+    from pcjax.sim.trace import MOONCAKE_TRACES
+
+    for name, sweep in eviction.SWEEPS.items():
+        assert eviction.get_config(name) is sweep
+        assert set(sweep.trace) <= set(GENERATORS) | set(MOONCAKE_TRACES)
+    with pytest.raises(ValueError, match="unknown sweep"):
+        eviction.get_config("nope")
+    with pytest.raises(ValueError, match="positive"):
+        eviction.EvictionSweep(("chat",), capacities_tokens=(0,))
