@@ -113,12 +113,14 @@ def test_deadline_evicts_a_diverged_from_branch_first():
     assert lru.match("xyz").num_tokens == 2
 
 
-def test_deadline_gives_a_lag_per_doubling_of_hits():
+def test_deadline_gives_a_proven_leaf_one_lag():
     policy = DeadlinePolicy()
     policy.lag = 10.0
-    tree = build(policy, "+a ?a ?a ?a")  # 3 hits: log2(4) = 2 lags
-    node = tree.root.children[("a",)]
-    assert node.policy_data[0] == (1, node.last_access + 20.0)
+    tree = build(policy, "+a ?a ?a ?a +b")  # "a" is proven (3 hits count as one proof)
+    a, b = tree.root.children[("a",)], tree.root.children[("b",)]
+    assert a.policy_data[0] == (1, a.last_access + 10.0)
+    assert b.policy_data[0] == (1, b.last_access)
+    assert eviction_order(tree, "ab") == list("ba")  # "a" is older, but proven
 
 
 def test_deadline_counts_a_quick_return_after_eviction_as_a_proof():
