@@ -15,14 +15,16 @@ pushed after it, so the contract holds: every key is computed at a hook and stor
   (80%) of the pages. An unreachable share makes it strict SLRU (protected evicted last).
 * **S3-FIFO** -- a small FIFO queue (key: insertion time) and a main queue (key: ``last_access +
   window``, LRU standing in for CLOCK), steered so the small queue holds ``small_share`` (10%).
-  An entry hit while small moves to main; pages evicted from the small queue leave a ghost
-  (a hash of the page's whole prefix, FIFO-bounded by the cached page count) and a new leaf whose
-  first page is a ghost enters main directly. The ghost holds as many pages as the cache ever did.
+  An entry hit while small moves to main; pages evicted from the small queue leave a ghost (a
+  hash of the page's whole prefix; FIFO, as many as the cache ever held pages) and a new leaf
+  whose first page is a ghost enters main directly.
 * **GDSF** (Greedy-Dual-Size-Frequency) -- key ``H = L + F * C / S`` with ``F = hits + 1`` and
   the inflation ``L`` raised to the key of every victim (aging). Cost model: recomputing one key
   unit at depth ``x`` (units before it) costs ``1 + x * tokens_per_unit / ctx_tokens`` (a linear
   part plus attention over the ``x`` earlier tokens, equal at ``ctx_tokens``, default 8192), so
   ``C / S`` is the node's mean cost per unit. A trimmed leaf keeps its key.
+* **deadline** (ours) -- LRU whose proven leaves (hit, or back soon after eviction) get one
+  extra lifetime and whose diverged-from, unproven branches go first; see `DeadlinePolicy`.
 
 Host-only: plain Python, no jax.
 """
