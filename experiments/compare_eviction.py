@@ -21,6 +21,10 @@ used again: what perfect dead-block prediction would buy) and ``infinite`` (no e
     python -m experiments.compare_eviction --mode=engine --trace=mixed --num_requests=200 \
         --capacities_tokens=4096 --model=pcjax-tiny
 
+In two_tier mode the policy (``belady`` and ``oracle_lru`` included) runs the device tier and the
+host tier is LRU, fed with device victims: ``belady`` is then no bound of the two-tier system
+(its bypassed blocks never reach the host), only ``infinite`` is.
+
 Capacities are in tokens; a trace block of ``block_tokens`` tokens is one page, so a capacity
 holds ``capacity_tokens // block_tokens`` blocks. Bundled traces are read from --traces_dir
 (``../shared/traces``, relative to the repository root the command runs in).
