@@ -2,7 +2,7 @@
 
 import dataclasses
 
-EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "depth_lru")
+EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline")
 ATTENTION_IMPLS = ("auto", "pallas", "reference")
 WRITE_POLICIES = ("write_back", "write_through")
 DTYPES = ("float32", "bfloat16")

@@ -13,6 +13,7 @@ A policy reads the statistics the tree keeps on every node::
 
 A policy that needs more (segments for SLRU and S3-FIFO, an inflation value for GDSF, a future-use
 oracle for Belady) overrides the optional hooks and keeps per-node state in ``node.policy_data``.
+Those live in `pcjax.cache.policies_extra`; Belady, which needs the future, only in `pcjax.sim`.
 
 The key contract: the heap stores a node's key when the node is pushed, so ``key(node)`` may only
 change at the moments the tree re-pushes the node: after `on_insert`, `on_access` and `on_split`,
@@ -79,13 +80,29 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 }
 
 
-def make_policy(name: str) -> EvictionPolicy:
-    """A fresh policy from its name ("lru", "fifo", "lfu"; case-insensitive).
+def all_policies() -> dict[str, type[EvictionPolicy]]:
+    """Every policy the engine can use, by name: these and those of `pcjax.cache.policies_extra`
+    (imported here, not at the top, because it subclasses `EvictionPolicy` from this module)."""
+    from pcjax.cache import policies_extra
+
+    return {**POLICIES, **policies_extra.POLICIES}
+
+
+def make_policy(name: str, *, tokens_per_unit: int = 1) -> EvictionPolicy:
+    """A fresh policy from its name (case-insensitive; see `all_policies`).
+
+    Args:
+      name: the policy's name ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", ...).
+      tokens_per_unit: tokens per key unit, for policies that model costs in tokens (their class
+        sets ``token_aware``): 1 in the engine, the trace's block size in block-level replay.
 
     Raises:
       ValueError: the name is unknown.
     """
-    cls = POLICIES.get(name.lower()) if isinstance(name, str) else None
+    policies = all_policies()
+    cls = policies.get(name.lower()) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"unknown eviction policy {name!r}; known: {sorted(POLICIES)}")
+        raise ValueError(f"unknown eviction policy {name!r}; known: {sorted(policies)}")
+    if getattr(cls, "token_aware", False):
+        return cls(tokens_per_unit=tokens_per_unit)
     return cls()

@@ -1,0 +1,14 @@
+"""Trace-driven cache simulation through the engine's own host cache code (no device, no jax).
+
+* `pcjax.sim.trace` -- the `Request` / `Trace` records, Mooncake and generic JSONL loaders, the
+  infinite-cache bound (`trace_stats`).
+* `pcjax.sim.generators` -- seeded synthetic workloads (system prompts, chat, few-shot,
+  tree-of-thought, agent loops, a mix).
+* `pcjax.sim.sources` -- `open_trace(spec)` for experiments; token prompts for the real engine.
+* `pcjax.sim.replay` -- sequential and two-tier replay over `RadixTree` + `PagePool` + a policy.
+* `pcjax.sim.timed` -- timed replay: arrivals, in-flight pinning, a prefill/decode duration model.
+* `pcjax.sim.belady` -- Belady's MIN with bypass (the offline bound) and the ``oracle_lru``
+  yardstick; replay-only.
+
+Start with ``experiments/compare_eviction.py`` and ``notebooks/eviction_policies.ipynb``.
+"""

@@ -79,7 +79,7 @@ def test_the_tree_takes_a_policy_name_and_defaults_to_lru():
     assert type(make_tree(1, policy="fifo").policy) is FIFOPolicy
     assert type(make_tree(1).policy) is LRUPolicy
     with pytest.raises(ValueError, match="unknown eviction policy"):
-        make_tree(1, policy="slru")
+        make_tree(1, policy="no_such_policy")
 
 
 @pytest.mark.parametrize("name", ["belady", "", None, 3])
