@@ -75,14 +75,14 @@ class SLRUPolicy(EvictionPolicy):
 
     def on_insert(self, node: "Node", clock: int) -> None:
         node.policy_data = [PROBATION, clock]
-        self.pages[PROBATION] += len(node.pages)
+        self.pages[PROBATION] += node.num_pages
 
     def on_access(self, node: "Node", clock: int) -> None:
         data = node.policy_data
         if node.hits and data[0] == PROBATION:
             data[0] = PROTECTED
-            self.pages[PROBATION] -= len(node.pages)
-            self.pages[PROTECTED] += len(node.pages)
+            self.pages[PROBATION] -= node.num_pages
+            self.pages[PROTECTED] += node.num_pages
         data[1] = clock + (self.window.value if data[0] == PROTECTED else 0)
 
     def on_split(self, prefix: "Node", suffix: "Node") -> None:
@@ -113,14 +113,14 @@ class S3FIFOPolicy(EvictionPolicy):
         ids = _page_ids(node)
         queue = MAIN if self.ghost.cached(ids) else SMALL
         node.policy_data = [queue, self._key(node, queue, clock), ids]
-        self.pages[queue] += len(node.pages)
+        self.pages[queue] += node.num_pages
 
     def on_access(self, node: "Node", clock: int) -> None:
         data = node.policy_data
         if node.hits and data[0] == SMALL:
             data[0] = MAIN
-            self.pages[SMALL] -= len(node.pages)
-            self.pages[MAIN] += len(node.pages)
+            self.pages[SMALL] -= node.num_pages
+            self.pages[MAIN] += node.num_pages
         data[1] = self._key(node, data[0], clock)
 
     def _key(self, node: "Node", queue: int, clock: int) -> int:
@@ -128,7 +128,7 @@ class S3FIFOPolicy(EvictionPolicy):
 
     def on_split(self, prefix: "Node", suffix: "Node") -> None:
         queue, key, ids = suffix.policy_data
-        cut = len(prefix.pages)
+        cut = prefix.num_pages
         prefix.policy_data = [queue, key, ids[:cut]]
         suffix.policy_data[2] = ids[cut:]
 
@@ -174,7 +174,7 @@ def _page_ids(node: "Node") -> list[int]:
     ``policy_data[2]`` holds its own)."""
     parent = node.parent.policy_data if node.parent is not None else None
     h = parent[2][-1] if parent else 0
-    P = len(node.key) // len(node.pages)
+    P = len(node.key) // node.num_pages
     ids = []
     for i in range(0, len(node.key), P):
         h = hash((h, node.key[i : i + P]))
@@ -284,7 +284,7 @@ class DeadlinePolicy(EvictionPolicy):
 
     def on_split(self, prefix: "Node", suffix: "Node") -> None:
         data = suffix.policy_data
-        cut = len(prefix.pages)
+        cut = prefix.num_pages
         prefix.policy_data = [data[0], False, data[2][:cut], data[3]]
         data[1], data[2] = True, data[2][cut:]
         data[0] = self._deadline(suffix, data, suffix.last_access)

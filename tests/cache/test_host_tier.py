@@ -197,3 +197,29 @@ def test_integrity_catches_a_broken_host_counter_and_a_device_node_under_a_host_
     with pytest.raises(AssertionError):
         tree.check_integrity()
     assert tree.pool.state[child.pages[0]] == PageState.CACHED
+
+
+@pytest.mark.parametrize("policy", ["slru", "s3fifo", "gdsf", "deadline"])
+def test_stateful_policies_split_and_rank_host_only_nodes(policy):
+    """A match ending inside a host-only node splits it: policies must size it by num_pages."""
+    tree = make_tiered(page_size=2, device=4, host=4, policy=policy)
+    insert_fresh(tree, "abcdef")
+    assert tree.evict(3) == 3  # "abcdef" now lives on the host only
+    tree.drain_offloads()
+    m = tree.match("abcX")  # ends after "ab": splits the host-only node
+    assert m.num_tokens == 0 and len(m.host_slots) == 1
+    prefix, suffix = m.host_node, next(iter(m.host_node.children.values()))
+    per_page_ids = policy in ("s3fifo", "deadline")  # policy state follows the device tier
+    if per_page_ids:
+        assert len(prefix.policy_data[2]) == len(prefix.pages) == 0
+        assert len(suffix.policy_data[2]) == len(suffix.pages) == 0
+    checked(tree)
+    tree.lock(m.host_node)
+    tree.load(m.host_node)  # back on the device: the policy sees the pages again
+    if per_page_ids:
+        assert len(prefix.policy_data[2]) == prefix.num_pages == 1
+    tree.unlock(m.host_node)
+    checked(tree)
+    insert_fresh(tree, "ghij")
+    assert tree.evict(2) == 2
+    checked(tree)

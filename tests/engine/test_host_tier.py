@@ -98,3 +98,18 @@ def test_preemption_with_a_host_tier_keeps_outputs(prompts):
 def test_swap_space_too_small_for_one_page_is_rejected():
     with pytest.raises(ValueError, match="swap_space"):
         make_engine(swap_space=PAGE_BYTES / 1e9)
+
+
+@pytest.mark.parametrize("policy", ["slru", "s3fifo", "gdsf", "deadline"])
+def test_stateful_policies_with_a_host_tier_keep_outputs(prompts, reference_tokens, policy):
+    """Size- and state-aware policies also rank host-only nodes (no device pages)."""
+    engine = make_engine(
+        num_pages=SMALL_CACHE_PAGES,
+        max_num_seqs=2,
+        eviction_policy=policy,
+        swap_space=swap_space(64),
+    )
+    before = engine.stats()
+    outputs = engine.generate(prompts * 2, GREEDY, use_tqdm=False)
+    assert _tokens(outputs) == reference_tokens * 2
+    assert _delta(engine, before, "swapped_out_pages") > 0
