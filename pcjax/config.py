@@ -3,7 +3,7 @@
 import dataclasses
 
 EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline")
-ATTENTION_IMPLS = ("auto", "pallas", "reference")
+ATTENTION_IMPLS = ("auto", "pallas", "reference", "pallas_tpu", "pallas_gpu", "cpu")
 WRITE_POLICIES = ("write_back", "write_through")
 DTYPES = ("float32", "bfloat16")
 
@@ -29,7 +29,9 @@ class EngineConfig:
       dtype: activation and KV cache dtype.
       seed: seeds sampling of requests that bring no seed of their own.
       attention_impl: "reference" (plain jnp), "pallas" (the platform's Pallas kernel; interpret
-        mode on CPU) or "auto" (pallas where it is at least as fast as the reference).
+        mode on CPU), "pallas_tpu" / "pallas_gpu" (one kernel by name), "cpu" (page-blocked jnp
+        decode + the interpreted TPU kernel for prefill steps) or "auto" (the platform's fastest:
+        pallas on TPU and GPU, cpu on CPU; see `pcjax.kernels`).
       swap_space: GB of host memory for the second cache tier, pages evicted from the device go
         there and host hits are loaded back (0 disables it; so does prefix caching off).
       write_policy: when the host tier receives pages: on device eviction ("write_back") or when a

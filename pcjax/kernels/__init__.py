@@ -9,6 +9,8 @@ pallas_tpu     `rpa_tpu`: Mosaic TPU kernel (scalar prefetch, double-buffered pa
 pallas_gpu     `rpa_gpu`: Triton GPU kernel (split-KV); interpret mode off GPU
 pallas         the platform's kernel: pallas_tpu on TPU, pallas_gpu on GPU, and on CPU the
                faster one in interpret mode, pallas_tpu (see `resolve_attention_impl`)
+cpu            the CPU path: decode steps (static ``max_q_len == 1``) run the page-blocked jnp
+               decode (`rpa_decode_xla`), other steps pallas_tpu in interpret mode
 =============  ================================================================================
 """
 
@@ -19,12 +21,14 @@ from pcjax.kernels.ragged_paged_attention import (
     ref_ragged_paged_attention,
     write_kv,
 )
+from pcjax.kernels.rpa_decode_xla import decode_paged_attention
 from pcjax.kernels.rpa_gpu import ragged_paged_attention_gpu
 from pcjax.kernels.rpa_tpu import ragged_paged_attention_tpu
 
 __all__ = [
     "IMPLS",
     "AttentionMetadata",
+    "decode_paged_attention",
     "ragged_paged_attention",
     "ragged_paged_attention_gpu",
     "ragged_paged_attention_tpu",
@@ -33,7 +37,7 @@ __all__ = [
     "write_kv",
 ]
 
-IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu")
+IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu")
 
 # On CPU both kernels run in interpret mode; the TPU kernel's XLA loop is the faster of the two and
 # at least as fast as the reference at the engine's shapes (experiments/bench_attention.py,
@@ -44,9 +48,13 @@ IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu")
 # TPU kernel. End to end (pcjax-small forward, 12 layers, B=8 decode at 600 tokens, M bucketed)
 # ~1.5x faster (one run). Its cost: compiling that forward takes ~2-2.5x longer (decode 6 s vs
 # 3 s, 512-token prefill 15 s vs 6 s, loaded machine), once per shape bucket. So "auto" on CPU
-# picks it too: a static choice; re-measure when the kernels change.
+# picks it for steps with prefill. At decode, in the engine (pcjax-small, B=8, ~600-token
+# contexts, M bucket 48, idle machine) the interpreted kernel's step was slower than the
+# reference's (115 vs 93 ms per forward), and the page-blocked jnp decode of `rpa_decode_xla` is
+# faster than both (2.7 vs 5.3 ms per layer for the reference): "auto" on CPU is "cpu", which
+# combines the two. A static choice; re-measure when the kernels change.
 _CPU_PALLAS = "pallas_tpu"
-_CPU_AUTO = "pallas_tpu"
+_CPU_AUTO = "cpu"
 
 
 def _platform_kind(platform: str) -> str:
@@ -68,10 +76,10 @@ def resolve_attention_impl(name: str, platform: str) -> str:
         "tpu".
 
     Returns:
-      "reference", "pallas_tpu" or "pallas_gpu".
+      "reference", "pallas_tpu", "pallas_gpu" or "cpu".
     """
     kind = _platform_kind(platform)
-    if name in ("reference", "pallas_tpu", "pallas_gpu"):
+    if name in ("reference", "pallas_tpu", "pallas_gpu", "cpu"):
         return name
     if name == "pallas":
         return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": _CPU_PALLAS}[kind]
@@ -94,6 +102,10 @@ def ragged_paged_attention(
     args = dict(sm_scale=sm_scale, sliding_window=sliding_window, soft_cap=soft_cap)
     if impl == "reference":
         return ref_ragged_paged_attention(q, k_pages, v_pages, md, **args)
+    if impl == "cpu":
+        if md.max_q_len == 1:
+            return decode_paged_attention(q, k_pages, v_pages, md, **args)
+        impl = "pallas_tpu"
     if impl == "pallas_tpu":
         return ragged_paged_attention_tpu(
             q, k_pages, v_pages, md, interpret=platform != "tpu", **args

@@ -51,9 +51,11 @@ def test_engine_greedy_equals_transformers(family):
             assert cached > 0, name
 
 
+@pytest.mark.parametrize(("impl", "resolved"), [("pallas", "pallas_tpu"), ("auto", "cpu")])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_engine_pallas_attention_equals_reference(family):
-    """The Pallas kernel path (interpret mode on CPU) reproduces the references cold and warm."""
+def test_engine_kernel_attention_equals_reference(family, impl, resolved):
+    """The Pallas kernel path (interpret mode on CPU), and CPU's auto choice (jnp decode + that
+    kernel for prefill), reproduce the references cold and warm."""
     ref = _reference(family)
     params = SamplingParams(temperature=0, max_tokens=len(ref["greedy"]), ignore_eos=True)
     engine = Engine(
@@ -61,12 +63,12 @@ def test_engine_pallas_attention_equals_reference(family):
         max_model_len=128,
         max_num_seqs=2,
         num_pages=64,
-        attention_impl="pallas",
+        attention_impl=impl,
         debug=True,
     )
     cold = engine.generate([ref["prompt_ids"]], params, use_tqdm=False)[0]
     warm = engine.generate([ref["prompt_ids"]], params, use_tqdm=False)[0]
-    assert engine.attention_impl.startswith("pallas")
+    assert engine.attention_impl == resolved
     assert cold.token_ids == ref["greedy"]
     assert warm.token_ids == ref["greedy"]
     assert warm.num_cached_tokens > 0

@@ -99,7 +99,8 @@ def test_hand_computed_case_with_sliding_window_of_one():
         ("auto", "tpu", "pallas_tpu"),
         ("auto", "gpu", "pallas_gpu"),
         ("auto", "rocm", "pallas_gpu"),
-        ("auto", "cpu", "pallas_tpu"),
+        ("auto", "cpu", "cpu"),
+        ("cpu", "cpu", "cpu"),
         ("pallas_gpu", "cpu", "pallas_gpu"),
     ],
 )
