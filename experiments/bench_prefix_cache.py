@@ -34,7 +34,9 @@ _CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "max_num_seqs of both syst
 _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "KV page (block) size of both systems.")
 _BATCHED_TOKENS = flags.DEFINE_integer("max_num_batched_tokens", 2048, "Step token budget.")
 _MAX_MODEL_LEN = flags.DEFINE_integer("max_model_len", 1024, "Context limit of both systems.")
-_IMPLS = flags.DEFINE_list("attention_impls", ["reference", "pallas"], "pcjax attention paths.")
+_IMPLS = flags.DEFINE_list(
+    "attention_impls", ["reference", "pallas", "cpu"], "pcjax attention paths (auto is cpu here)."
+)
 _CACHING = flags.DEFINE_list("caching", ["on", "off"], "Prefix caching settings to run.")
 _PEER = flags.DEFINE_bool("peer", True, "Also run vLLM's CPU backend.")
 _VLLM_PYTHON = flags.DEFINE_string(
