@@ -51,8 +51,11 @@ IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu")
 # picks it for steps with prefill. At decode, in the engine (pcjax-small, B=8, ~600-token
 # contexts, M bucket 48, idle machine) the interpreted kernel's step was slower than the
 # reference's (115 vs 93 ms per forward), and the page-blocked jnp decode of `rpa_decode_xla` is
-# faster than both (2.7 vs 5.3 ms per layer for the reference): "auto" on CPU is "cpu", which
-# combines the two. A static choice; re-measure when the kernels change.
+# faster than both: "auto" on CPU is "cpu", which combines the two. Latest bench_attention run
+# (experiments/results/bench_attention_cpu.json, medians): decode 256/600/1024 tokens, cpu
+# 1.26/1.61/1.60x the reference (pallas 0.66/1.02/0.83x); mixed 6.1/15.4/10.8x; prefill
+# 1.3/5.0/2.5x. End to end on experiments/bench_prefix_cache (caching on): cpu 12.0 s, reference
+# 15.7 s, pallas 17.4 s. A static choice; re-measure when the kernels change.
 _CPU_PALLAS = "pallas_tpu"
 _CPU_AUTO = "cpu"
 
