@@ -142,12 +142,14 @@ class S3FIFOPolicy(EvictionPolicy):
 
 
 class _Ghost:
-    """Recently evicted pages, by prefix hash, FIFO-bounded by the most pages ever cached."""
+    """Recently evicted pages, by prefix hash, FIFO-bounded by ``scale`` times the most pages
+    ever cached."""
 
-    def __init__(self):
+    def __init__(self, scale: float = 1.0):
         self._ids: OrderedDict[int, None] = OrderedDict()
         self._cached = 0
         self._size = 1
+        self._scale = scale
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -166,7 +168,7 @@ class _Ghost:
         if remember:
             for page_id in ids:
                 self._ids[page_id] = None
-            while len(self._ids) > self._size:
+            while len(self._ids) > self._size * self._scale:
                 self._ids.popitem(last=False)
 
 
@@ -234,8 +236,9 @@ class DeadlinePolicy(EvictionPolicy):
     ``clock - deadline`` over the victims). In lags the bonus scales with the cache size and the
     arrival rate by itself, so its one constant (one lifetime) carries across traces and
     capacities without retuning. A proof need not be a hit: as in S3-FIFO, the policy remembers
-    hashes of recently evicted pages (as many as the cache holds), and a new leaf whose first
-    page is among them -- a conversation that came back just too late -- starts proven. Next,
+    hashes of recently evicted pages (``ghost_scale`` = twice as many as the cache holds), and a
+    new leaf whose first page is among them -- a conversation that came back just too late --
+    starts proven. Next,
     the tree sees a request *diverge* from a cached leaf (a match ending inside it splits it):
     the part left behind, if unproven, goes first -- in the Mooncake traces it is the previous
     turn's partial last block, which the next turn rewrote (1% of those are ever reused).
@@ -263,15 +266,16 @@ class DeadlinePolicy(EvictionPolicy):
     returns) gained nothing.
 
     Evidence (token hit rate, ``experiments/compare_eviction.py``; the notebook plots it), at 1M
-    / 3M / 10M tokens: conversation 0.0828 / 0.1653 / 0.3056 (LRU 0.0543 / 0.1387 / 0.2908;
-    46% of Belady at 3M, 41.7% without thrash control, LRU 38.5%), synthetic 0.1452 / 0.3250 /
+    / 3M / 10M tokens: conversation 0.0876 / 0.1735 / 0.3055 (LRU 0.0543 / 0.1387 / 0.2908;
+    48% of Belady at 3M, 41.7% without thrash control, LRU 38.5%), synthetic 0.1450 / 0.3343 /
     0.5919 (LRU 0.1451 / 0.3151 / 0.5770; without thrash control 0.1469 / 0.3232 / 0.5932); on
-    the generators at most 0.1 point below LRU (agent at 500K tokens), up to 4.5 points above.
-    A lower ``miss_target`` (0.45) gains 0.3 points on the conversation trace at 3M but falls
-    below LRU on the synthetic one at 1M. Offline-tuned per-class offsets (hits x depth x
-    increment size) reached about 42%, and LRU with a perfect dead-block oracle (``oracle_lru``)
-    reaches 75%: the rest of the gap to Belady is knowing *which* fresh blocks will return,
-    which the tree cannot see.
+    the generators at most 0.1 point below LRU (agent at 500K tokens), up to 4 points above.
+    The doubled ghost matters only with thrash control (it proves more shed leaves that come
+    back; 1x: 0.1653 at 3M on conversation, alone: 0.1483). A lower ``miss_target`` (0.45)
+    gains 0.2 points on the conversation trace at 3M and loses 0.4 on the synthetic one.
+    Offline-tuned per-class offsets (hits x depth x increment size) reached about 42%, and LRU
+    with a perfect dead-block oracle (``oracle_lru``) reaches 75%: the rest of the gap to Belady
+    is knowing *which* fresh blocks will return, which the tree cannot see.
 
     ``policy_data``: ``[key, superseded, page_ids, proven, shed]``, the key ``(0, last_access)``
     for an unproven diverged-from branch or shed leaf and ``(1, deadline)`` otherwise; ``proven``
@@ -288,12 +292,13 @@ class DeadlinePolicy(EvictionPolicy):
         miss_target: float = 0.5,
         keep_step: float = 0.014,
         min_keep: float = 0.2,
+        ghost_scale: float = 2.0,
     ):
         self.bonus = proven_lifetimes
         self.lag_ema = lag_ema
         self.lag = 0.0  # clock ticks between a victim's deadline and its eviction
         self.frontier = float("-inf")  # the largest victim deadline so far
-        self.ghost = _Ghost()
+        self.ghost = _Ghost(ghost_scale)
         self.miss_target = miss_target
         self.keep_step = keep_step
         self.min_keep = min_keep

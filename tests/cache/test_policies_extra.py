@@ -143,6 +143,16 @@ def test_deadline_counts_a_quick_return_after_eviction_as_a_proof():
     assert tree.root.children[("d",)].policy_data[3] == 0
 
 
+def test_deadline_ghost_holds_twice_the_pages_the_cache_held():
+    # capacity 2: "c", "d", "e" and "+a" evict "a", "b", "c", "d" -- four ghosts, "a" still one
+    policy = DeadlinePolicy()
+    tree = build(policy, "+a +b +c +d +e +a", capacity=2)
+    assert tree.root.children[("a",)].policy_data[3] == 1 and len(policy.ghost) == 3
+    policy = DeadlinePolicy(ghost_scale=1.0)  # two ghosts: "a" was forgotten
+    tree = build(policy, "+a +b +c +d +e +a", capacity=2)
+    assert tree.root.children[("a",)].policy_data[3] == 0
+
+
 def test_deadline_lag_follows_the_eviction_frontier():
     policy = DeadlinePolicy(lag_ema=1.0)  # no smoothing
     # clock +1 per match and insert: "a" gets key 2, "b" 4; "+c" evicts "a" at clock 5 (its
