@@ -24,7 +24,8 @@ pushed after it, so the contract holds: every key is computed at a hook and stor
   part plus attention over the ``x`` earlier tokens, equal at ``ctx_tokens``, default 8192), so
   ``C / S`` is the node's mean cost per unit. A trimmed leaf keeps its key.
 * **deadline** (ours) -- LRU whose proven leaves (hit, or back soon after eviction) get one
-  extra lifetime and whose diverged-from, unproven branches go first; see `DeadlinePolicy`.
+  extra lifetime and whose diverged-from, unproven branches go first; when the cache thrashes
+  it keeps only a steered share of the fresh leaves (the rest go first); see `DeadlinePolicy`.
 
 Host-only: plain Python, no jax.
 """
@@ -141,12 +142,14 @@ class S3FIFOPolicy(EvictionPolicy):
 
 
 class _Ghost:
-    """Recently evicted pages, by prefix hash, FIFO-bounded by the most pages ever cached."""
+    """Recently evicted pages, by prefix hash, FIFO-bounded by ``scale`` times the most pages
+    ever cached."""
 
-    def __init__(self):
+    def __init__(self, scale: float = 1.0):
         self._ids: OrderedDict[int, None] = OrderedDict()
         self._cached = 0
         self._size = 1
+        self._scale = scale
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -165,7 +168,7 @@ class _Ghost:
         if remember:
             for page_id in ids:
                 self._ids[page_id] = None
-            while len(self._ids) > self._size:
+            while len(self._ids) > self._size * self._scale:
                 self._ids.popitem(last=False)
 
 
@@ -223,7 +226,7 @@ class DeadlinePolicy(EvictionPolicy):
     """Our own: every leaf gets a deadline -- its last access, plus one *lag* if it is proven --
     and the earliest deadline goes first. Proven: hit at least once, or its first page came
     back soon after we evicted it. A branch a request diverged from before it was ever proven
-    goes first of all.
+    goes first of all, and so does a fresh leaf the policy chose not to *keep* (thrash control).
 
     The idea. Replaying the Mooncake traces against Belady shows where LRU loses: it gives every
     block the same lifetime, while a block that was reused already is 1.5-3x as likely to be
@@ -233,8 +236,9 @@ class DeadlinePolicy(EvictionPolicy):
     ``clock - deadline`` over the victims). In lags the bonus scales with the cache size and the
     arrival rate by itself, so its one constant (one lifetime) carries across traces and
     capacities without retuning. A proof need not be a hit: as in S3-FIFO, the policy remembers
-    hashes of recently evicted pages (as many as the cache holds), and a new leaf whose first
-    page is among them -- a conversation that came back just too late -- starts proven. Last,
+    hashes of recently evicted pages (``ghost_scale`` = twice as many as the cache holds), and a
+    new leaf whose first page is among them -- a conversation that came back just too late --
+    starts proven. Next,
     the tree sees a request *diverge* from a cached leaf (a match ending inside it splits it):
     the part left behind, if unproven, goes first -- in the Mooncake traces it is the previous
     turn's partial last block, which the next turn rewrote (1% of those are ever reused).
@@ -242,56 +246,110 @@ class DeadlinePolicy(EvictionPolicy):
     hits)`` lags) gained 3 more points at 3M on the conversation trace but kept finished agent
     sessions and thought trees too long (-2.5% vs LRU on those generators).
 
-    Evidence (token hit rate, ``experiments/compare_eviction.py``; the notebook plots it): vs LRU
-    +8% / +8% / +5% at 1M / 3M / 10M tokens on the conversation trace and +1% / +3% / +3% on
-    the synthetic one; 41.7% of Belady at 3M on conversation (LRU 38.5%), never more than 0.2%
-    below LRU on the generators. Offline-tuned per-class offsets (hits x depth x increment size)
-    reached about 42%, and LRU with a perfect dead-block oracle (``oracle_lru``) reaches 75%:
-    the rest of the gap to Belady is knowing *which* fresh blocks will return, which the tree
-    cannot see.
+    Thrash control. When the cache is small next to the reuse distances, most fresh leaves are
+    evicted just before their conversation comes back (conversation trace, first returns: few
+    within 100 requests, a peak at 200-300, a long tail; an LRU lifetime at 3M tokens is about
+    400 requests), and giving every fresh leaf the same short life catches few returns. Keeping
+    only a share ``keep`` of the fresh leaves (chosen by a hash of their first page) and letting
+    the others go first gives the kept ones a life long enough to catch their returns, as
+    bimodal insertion (BIP) does in CPU caches; a shed leaf that comes back is proven by the
+    ghost and kept from then on. ``keep`` is steered by what becomes of the kept fresh leaves:
+    a first hit while cached raises it by ``keep_step * miss_target``, a return after eviction
+    (a second ghost, of kept fresh pages only) lowers it by ``keep_step * (1 - miss_target)``,
+    so it settles where about ``miss_target`` of their returns come too late, within
+    ``[min_keep, 1]``. Where the cache catches most returns (large caches, agents, chat), it
+    stays at 1 and the policy is the plain deadline one. Which fresh leaves return is hardly
+    predictable online: per request, turn number, prompt and increment length and the gap since
+    the previous turn move the return chance only between 0.2 and 0.55 (block-weighted; the
+    blocks are mostly in long first turns at 0.23), and shedding the largest leaves did no better
+    than shedding by hash; an online-learned per-class bonus (turn x size, from hits and ghost
+    returns) gained nothing.
 
-    ``policy_data``: ``[key, superseded, page_ids, ghost_proof]``, the key ``(0, last_access)``
-    for an unproven diverged-from branch and ``(1, deadline)`` otherwise. Keys are fixed at the
-    push hooks and the lag only moves in `on_evict`, so the lazy-heap contract holds.
+    Evidence (token hit rate, ``experiments/compare_eviction.py``; the notebook plots it), at 1M
+    / 3M / 10M tokens: conversation 0.0876 / 0.1735 / 0.3055 (LRU 0.0543 / 0.1387 / 0.2908;
+    48% of Belady at 3M, 41.7% without thrash control, LRU 38.5%), synthetic 0.1450 / 0.3343 /
+    0.5919 (LRU 0.1451 / 0.3151 / 0.5770; without thrash control 0.1469 / 0.3232 / 0.5932); on
+    the generators at most 0.1 point below LRU (agent at 500K tokens), up to 4 points above.
+    The doubled ghost matters only with thrash control (it proves more shed leaves that come
+    back; 1x: 0.1653 at 3M on conversation, alone: 0.1483). A lower ``miss_target`` (0.45)
+    gains 0.2 points on the conversation trace at 3M and loses 0.4 on the synthetic one.
+    Offline-tuned per-class offsets (hits x depth x increment size) reached about 42%, and LRU
+    with a perfect dead-block oracle (``oracle_lru``) reaches 75%: the rest of the gap to Belady
+    is knowing *which* fresh blocks will return, which the tree cannot see.
+
+    ``policy_data``: ``[key, superseded, page_ids, proven, shed]``, the key ``(0, last_access)``
+    for an unproven diverged-from branch or shed leaf and ``(1, deadline)`` otherwise; ``proven``
+    is set by a ghost return or the first hit. Keys are fixed at the push hooks and the lag only
+    moves in `on_evict`, so the lazy-heap contract holds; ``keep`` only decides at `on_insert`.
     """
 
     name = "deadline"
 
-    def __init__(self, proven_lifetimes: float = 1.0, lag_ema: float = 0.01):
+    def __init__(
+        self,
+        proven_lifetimes: float = 1.0,
+        lag_ema: float = 0.01,
+        miss_target: float = 0.5,
+        keep_step: float = 0.014,
+        min_keep: float = 0.2,
+        ghost_scale: float = 2.0,
+    ):
         self.bonus = proven_lifetimes
         self.lag_ema = lag_ema
         self.lag = 0.0  # clock ticks between a victim's deadline and its eviction
         self.frontier = float("-inf")  # the largest victim deadline so far
-        self.ghost = _Ghost()
+        self.ghost = _Ghost(ghost_scale)
+        self.miss_target = miss_target
+        self.keep_step = keep_step
+        self.min_keep = min_keep
+        self.keep = 1.0  # share of fresh leaves kept live; the others go first
+        self.kept_ghost = _Ghost()  # pages of kept fresh leaves evicted before any proof
 
     def key(self, node: "Node") -> tuple[int, float]:
         return node.policy_data[0]
 
     def _deadline(self, node: "Node", data: list, clock: int) -> tuple[int, float]:
         proven = node.hits > 0 or data[3]
-        if data[1] and not proven:
+        if (data[1] or data[4]) and not proven:
             return (0, clock)  # before every live leaf
         return (1, clock + self.lag * self.bonus if proven else clock)
 
+    def _steer(self, caught: bool) -> None:
+        """A kept fresh leaf's first return was caught (a hit) or came too late (a ghost)."""
+        self.keep += self.keep_step * (self.miss_target if caught else self.miss_target - 1)
+        self.keep = max(self.min_keep, min(self.keep, 1.0))
+
     def on_insert(self, node: "Node", clock: int) -> None:
         ids = _page_ids(node)
-        data = [None, False, ids, int(self.ghost.cached(ids))]
+        if self.kept_ghost.cached(ids):
+            self._steer(caught=False)
+        proven = int(self.ghost.cached(ids))
+        shed = not proven and (ids[0] % 65521) / 65521 >= self.keep
+        data = [None, False, ids, proven, shed]
         data[0] = self._deadline(node, data, clock)
         node.policy_data = data
 
     def on_access(self, node: "Node", clock: int) -> None:
-        node.policy_data[0] = self._deadline(node, node.policy_data, clock)
+        data = node.policy_data
+        if node.hits and not data[3]:
+            data[3] = 1
+            if not (data[1] or data[4]):
+                self._steer(caught=True)
+        data[0] = self._deadline(node, data, clock)
 
     def on_split(self, prefix: "Node", suffix: "Node") -> None:
         data = suffix.policy_data
         cut = prefix.num_pages
-        prefix.policy_data = [data[0], False, data[2][:cut], data[3]]
+        prefix.policy_data = [data[0], False, data[2][:cut], data[3], data[4]]
         data[1], data[2] = True, data[2][cut:]
         data[0] = self._deadline(suffix, data, suffix.last_access)
 
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
-        (live, deadline), _, ids, _ = node.policy_data
-        self.ghost.evicted(ids[len(ids) - num_pages :])
+        (live, deadline), superseded, ids, proven, shed = node.policy_data
+        gone = ids[len(ids) - num_pages :]
+        self.ghost.evicted(gone)
+        kept_fresh = not (node.hits or proven or superseded or shed)
+        self.kept_ghost.evicted(gone, remember=kept_fresh)
         del ids[len(ids) - num_pages :]
         if live:
             self.frontier = max(self.frontier, deadline)

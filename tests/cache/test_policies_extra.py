@@ -40,6 +40,16 @@ def build(policy, steps, capacity=32):
     return tree
 
 
+def build_more(tree, steps):
+    """More steps of `build` on an existing tree."""
+    for step in steps.split():
+        if step[0] == "+":
+            cache(tree, step[1:])
+        else:
+            tree.match(step[1:])
+        check(tree)
+
+
 def cache(tree, key):
     m = tree.match(key)
     tree.lock(m.node)
@@ -133,12 +143,60 @@ def test_deadline_counts_a_quick_return_after_eviction_as_a_proof():
     assert tree.root.children[("d",)].policy_data[3] == 0
 
 
+def test_deadline_ghost_holds_twice_the_pages_the_cache_held():
+    # capacity 2: "c", "d", "e" and "+a" evict "a", "b", "c", "d" -- four ghosts, "a" still one
+    policy = DeadlinePolicy()
+    tree = build(policy, "+a +b +c +d +e +a", capacity=2)
+    assert tree.root.children[("a",)].policy_data[3] == 1 and len(policy.ghost) == 3
+    policy = DeadlinePolicy(ghost_scale=1.0)  # two ghosts: "a" was forgotten
+    tree = build(policy, "+a +b +c +d +e +a", capacity=2)
+    assert tree.root.children[("a",)].policy_data[3] == 0
+
+
 def test_deadline_lag_follows_the_eviction_frontier():
     policy = DeadlinePolicy(lag_ema=1.0)  # no smoothing
     # clock +1 per match and insert: "a" gets key 2, "b" 4; "+c" evicts "a" at clock 5 (its
     # match) and "+d" evicts "b" at clock 7: the frontier trails the clock by 3 ticks.
     build(policy, "+a +b +c +d", capacity=2)
     assert policy.lag == 3.0
+
+
+def test_deadline_sheds_fresh_leaves_outside_the_kept_share_first():
+    policy = DeadlinePolicy()
+    tree = build(policy, "+a +b")
+    policy.keep = 0.0  # every fresh leaf is shed from now on
+    cache(tree, "c")
+    c = tree.root.children[("c",)]
+    assert c.policy_data[4] and c.policy_data[0] == (0, c.last_access)
+    assert eviction_order(tree, "abc") == list("cab")  # the newest goes first
+    policy = DeadlinePolicy()
+    policy.keep = 0.0
+    tree = build(policy, "+a +b")  # "a" and "b" are shed, FIFO among them
+    tree.match("b")  # a hit proves "b": live again, its deadline one lag late
+    b = tree.root.children[("b",)]
+    assert b.policy_data[3] == 1 and b.policy_data[0] == (1, b.last_access + policy.lag)
+    assert eviction_order(tree, "ab") == list("ab")
+
+
+def test_deadline_steers_the_kept_share_by_the_fate_of_kept_fresh_leaves():
+    policy = DeadlinePolicy(miss_target=0.25, keep_step=0.4)
+    # "+c" evicts "a" and "+a" evicts "b", both kept and fresh: "a" coming back after its
+    # eviction lowers keep by 0.4 * 0.75 (and is proven by the ghost); "?c" is the first hit of
+    # a kept fresh leaf, caught in time: keep rises by 0.4 * 0.25; its second hit changes nothing
+    tree = build(policy, "+a +b +c +a", capacity=2)
+    assert policy.keep == pytest.approx(0.7)
+    assert tree.root.children[("a",)].policy_data[3:] == [1, False]
+    build_more(tree, "?c ?c")
+    assert policy.keep == pytest.approx(0.8)
+    policy = DeadlinePolicy(keep_step=4.0)  # one late return: 1 - 4 * 0.5, clamped to min_keep
+    build(policy, "+a +b +c +a", capacity=2)
+    assert policy.keep == 0.2
+
+
+def test_deadline_keeps_every_fresh_leaf_while_returns_are_caught():
+    policy = DeadlinePolicy()
+    build(policy, "+a +b ?a ?b +c ?c")
+    assert policy.keep == 1.0 and len(policy.kept_ghost) == 0
 
 
 def test_every_engine_policy_is_registered_and_listed_in_the_config():
