@@ -3,7 +3,9 @@
 import dataclasses
 
 EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline")
-ATTENTION_IMPLS = ("auto", "pallas", "reference", "pallas_tpu", "pallas_gpu", "cpu")
+# Attention implementations `pcjax.kernels` dispatches on by name; "auto" picks one per platform.
+KERNEL_IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu")
+ATTENTION_IMPLS = ("auto", *KERNEL_IMPLS)
 WRITE_POLICIES = ("write_back", "write_through")
 DTYPES = ("float32", "bfloat16")
 

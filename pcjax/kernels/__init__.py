@@ -16,6 +16,7 @@ cpu            the CPU path: decode steps (static ``max_q_len == 1``) run the pa
 
 import jax
 
+from pcjax.config import KERNEL_IMPLS
 from pcjax.kernels.ragged_paged_attention import (
     AttentionMetadata,
     ref_ragged_paged_attention,
@@ -37,7 +38,7 @@ __all__ = [
     "write_kv",
 ]
 
-IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu")
+IMPLS = KERNEL_IMPLS
 
 # On CPU both kernels run in interpret mode; the TPU kernel's XLA loop is the faster of the two and
 # at least as fast as the reference at the engine's shapes (experiments/bench_attention.py,
@@ -82,7 +83,7 @@ def resolve_attention_impl(name: str, platform: str) -> str:
       "reference", "pallas_tpu", "pallas_gpu" or "cpu".
     """
     kind = _platform_kind(platform)
-    if name in ("reference", "pallas_tpu", "pallas_gpu", "cpu"):
+    if name in IMPLS and name != "pallas":
         return name
     if name == "pallas":
         return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": _CPU_PALLAS}[kind]

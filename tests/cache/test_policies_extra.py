@@ -31,12 +31,7 @@ def build(policy, steps, capacity=32):
     """Runs steps on a page-size-1 tree: "+x" caches the key x (evicting when short), "?x"
     matches it."""
     tree = make_tree(1, capacity, policy=policy)
-    for step in steps.split():
-        if step[0] == "+":
-            cache(tree, step[1:])
-        else:
-            tree.match(step[1:])
-        check(tree)
+    build_more(tree, steps)
     return tree
 
 
