@@ -4,7 +4,7 @@ import dataclasses
 
 EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline")
 # Attention implementations `pcjax.kernels` dispatches on by name; "auto" picks one per platform.
-KERNEL_IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu")
+KERNEL_IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu", "cpu_native", "cpu_xla")
 ATTENTION_IMPLS = ("auto", *KERNEL_IMPLS)
 WRITE_POLICIES = ("write_back", "write_through")
 DTYPES = ("float32", "bfloat16")
@@ -31,9 +31,10 @@ class EngineConfig:
       dtype: activation and KV cache dtype.
       seed: seeds sampling of requests that bring no seed of their own.
       attention_impl: "reference" (plain jnp), "pallas" (the platform's Pallas kernel; interpret
-        mode on CPU), "pallas_tpu" / "pallas_gpu" (one kernel by name), "cpu" (page-blocked jnp
-        decode + the interpreted TPU kernel for prefill steps) or "auto" (the platform's fastest:
-        pallas on TPU and GPU, cpu on CPU; see `pcjax.kernels`).
+        mode on CPU), "pallas_tpu" / "pallas_gpu" (one kernel by name), "cpu_native" (a C++ XLA
+        FFI kernel, built on first use), "cpu_xla" (page-blocked jnp decode + the interpreted TPU
+        kernel for prefill steps), "cpu" (cpu_native where it builds, else cpu_xla) or "auto"
+        (the platform's fastest: pallas on TPU and GPU, cpu on CPU; see `pcjax.kernels`).
       swap_space: GB of host memory for the second cache tier, pages evicted from the device go
         there and host hits are loaded back (0 disables it; so does prefix caching off).
       write_policy: when the host tier receives pages: on device eviction ("write_back") or when a

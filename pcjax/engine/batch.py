@@ -6,7 +6,7 @@ Shapes are bucketed (`bucket`) so that a handful of programs serve every step, a
 ====================  =====================================  =======================
 array                 shape                                   padding
 ====================  =====================================  =======================
-tokens, positions     i32[T]    T = bucket(total tokens)      0
+tokens, positions     i32[T]    T = token_bucket(total tokens) 0
 slot_mapping          i32[T]                                  slot 0 of the null page
 page_table            i32[B, M] B = bucket(sequences),        null page 0
                                 M = bucket(most pages)
@@ -28,8 +28,24 @@ import numpy as np
 from pcjax.engine.request import Request
 from pcjax.engine.scheduler import ScheduledStep
 
-TOKEN_STEP = 128  # T and Q: powers of two up to 128, then multiples of 128 (< 20% padding)
+TOKEN_STEP = 128  # Q: powers of two up to 128, then multiples of 128
 PAGE_STEP = 16  # M: powers of two up to 16 pages, then multiples of 16
+TOKEN_BUCKETS_PER_OCTAVE = 8  # T above 16: at most 12.5% padding
+
+
+def token_bucket(n: int, minimum: int = 8) -> int:
+    """Rounds a step's token count T up: to a power of two (>= minimum) up to 16, then to one of
+    `TOKEN_BUCKETS_PER_OCTAVE` evenly spaced sizes per octave (..., 64, 72, 80, ..., 128, 144, ...,
+    512, 576, 640, ...).
+
+    T sets the cost of every matmul of a step, so its padding is kept small: a 71-token step
+    (a 64-token chunk plus 7 decodes) runs at 72, not 128, and a 576-token prefill at 576.
+    """
+    n = max(n, minimum)
+    if n <= 16:
+        return 1 << (n - 1).bit_length()
+    grain = (1 << ((n - 1).bit_length() - 1)) // TOKEN_BUCKETS_PER_OCTAVE
+    return -(-n // grain) * grain
 
 
 def bucket(n: int, minimum: int = 1, step: int | None = None) -> int:
@@ -66,7 +82,7 @@ class StepArrays:
 def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: int) -> StepArrays:
     """Lays out the step's tokens flat, sequence after sequence, and pads every dimension."""
     num_seqs = bucket(len(step.entries))
-    num_tokens = bucket(step.num_tokens, minimum=8, step=TOKEN_STEP)
+    num_tokens = token_bucket(step.num_tokens)
     most_pages = max(len(req.pages) for req, _ in step.entries)
     pages_per_seq = min(
         bucket(most_pages, step=PAGE_STEP), bucket(max_pages_per_seq, step=PAGE_STEP)

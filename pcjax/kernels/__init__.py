@@ -9,28 +9,38 @@ pallas_tpu     `rpa_tpu`: Mosaic TPU kernel (scalar prefetch, double-buffered pa
 pallas_gpu     `rpa_gpu`: Triton GPU kernel (split-KV); interpret mode off GPU
 pallas         the platform's kernel: pallas_tpu on TPU, pallas_gpu on GPU, and on CPU the
                faster one in interpret mode, pallas_tpu (see `resolve_attention_impl`)
-cpu            the CPU path: decode steps (static ``max_q_len == 1``) run the page-blocked jnp
-               decode (`rpa_decode_xla`), other steps pallas_tpu in interpret mode
+cpu_native     `rpa_cpu`: a C++ kernel called through XLA's FFI, compiled on first use
+               (`native`); reads pages in place, lane-wise online softmax, XLA's thread pool
+cpu_xla        decode steps (static ``max_q_len == 1``) run the page-blocked jnp decode
+               (`rpa_decode_xla`), other steps pallas_tpu in interpret mode
+cpu            cpu_native where it builds (a C++ compiler is present), else cpu_xla
 =============  ================================================================================
 """
 
 import jax
 
 from pcjax.config import KERNEL_IMPLS
+from pcjax.kernels import rpa_cpu
 from pcjax.kernels.ragged_paged_attention import (
     AttentionMetadata,
     ref_ragged_paged_attention,
     write_kv,
 )
+from pcjax.kernels.rpa_cpu import ragged_paged_attention_cpu
 from pcjax.kernels.rpa_decode_xla import decode_paged_attention
 from pcjax.kernels.rpa_gpu import ragged_paged_attention_gpu
 from pcjax.kernels.rpa_tpu import ragged_paged_attention_tpu
+from pcjax.kernels.skinny_matmul import MAX_ROWS as SKINNY_MAX_ROWS
+from pcjax.kernels.skinny_matmul import dot_nt_skinny
 
 __all__ = [
     "IMPLS",
+    "SKINNY_MAX_ROWS",
     "AttentionMetadata",
     "decode_paged_attention",
+    "dot_nt_skinny",
     "ragged_paged_attention",
+    "ragged_paged_attention_cpu",
     "ragged_paged_attention_gpu",
     "ragged_paged_attention_tpu",
     "ref_ragged_paged_attention",
@@ -40,25 +50,16 @@ __all__ = [
 
 IMPLS = KERNEL_IMPLS
 
-# On CPU both kernels run in interpret mode; the TPU kernel's XLA loop is the faster of the two and
-# at least as fast as the reference at the engine's shapes (experiments/bench_attention.py,
-# pcjax-small N=12 K=4 H=64 P=16 f32, engine buckets, 2 shared cores, median of 20; ranges over 3
-# runs): decode B=8 x ~600 tokens 1.1-2.0x the reference's speed (1024 tokens 1.1-1.2x; at 256
-# tokens, where the page table fits exactly, 0.9-1.7x), a 512-token chunk over 512 cached tokens
-# 2.6-4.0x, that chunk plus 7 decodes 9-17x; the GPU kernel interpreted is 1.3-10x slower than the
-# TPU kernel. End to end (pcjax-small forward, 12 layers, B=8 decode at 600 tokens, M bucketed)
-# ~1.5x faster (one run). Its cost: compiling that forward takes ~2-2.5x longer (decode 6 s vs
-# 3 s, 512-token prefill 15 s vs 6 s, loaded machine), once per shape bucket. So "auto" on CPU
-# picks it for steps with prefill. At decode, in the engine (pcjax-small, B=8, ~600-token
-# contexts, M bucket 48, idle machine) the interpreted kernel's step was slower than the
-# reference's (115 vs 93 ms per forward), and the page-blocked jnp decode of `rpa_decode_xla` is
-# faster than both: "auto" on CPU is "cpu", which combines the two. Latest bench_attention run
-# (experiments/results/bench_attention_cpu.json, medians): decode 256/600/1024 tokens, cpu
-# 1.26/1.61/1.60x the reference (pallas 0.66/1.02/0.83x); mixed 6.1/15.4/10.8x; prefill
-# 1.3/5.0/2.5x. End to end on experiments/bench_prefix_cache (caching on): cpu 12.0 s, reference
-# 15.7 s, pallas 17.4 s. A static choice; re-measure when the kernels change.
+# On CPU the Pallas kernels run in interpret mode; the TPU kernel's XLA loop is the faster of the
+# two ("pallas" on CPU picks it). Neither is what a CPU wants: "auto" on CPU is "cpu", the native
+# kernel where it builds (per layer of pcjax-small, f32, N=12 K=4 H=64 P=16, 2 shared cores:
+# eight 64-token chunks over 512 cached tokens 6.3 ms vs 13-18 ms for cpu_xla, a 576-token
+# prefill 4.2 vs 8.7-11 ms, decode B=8 x ~600 tokens 1.0 vs 1.9-2.4 ms; experiments/bench_attention
+# has the full table), else cpu_xla: its page-blocked jnp decode beats the interpreted kernels at
+# decode (decode B=8 at 256/600/1024 tokens 1.26/1.61/1.60x the reference, pallas 0.66/1.02/0.83x)
+# and the interpreted TPU kernel beats the reference at prefill (1.3-5.0x). A static choice (no
+# timing at run time); re-measure when the kernels change.
 _CPU_PALLAS = "pallas_tpu"
-_CPU_AUTO = "cpu"
 
 
 def _platform_kind(platform: str) -> str:
@@ -71,24 +72,27 @@ def _platform_kind(platform: str) -> str:
 def resolve_attention_impl(name: str, platform: str) -> str:
     """Maps an engine's `attention_impl` to a concrete implementation for `platform`.
 
-    A static decision (no timing at run time); the CPU choice rests on the figures above.
+    A static decision (no timing at run time); the CPU choice rests on the figures above. On CPU,
+    "auto" and "cpu" build the native kernel if it is not built yet (seconds, once per machine).
 
     Args:
-      name: "auto" (the Pallas kernel where it is at least as fast as the reference), "pallas"
-        (the platform's Pallas kernel, in interpret mode on CPU), or a name in `IMPLS`.
+      name: "auto" (the platform's fastest), "pallas" (the platform's Pallas kernel, in interpret
+        mode on CPU), "cpu" (cpu_native where it builds, else cpu_xla) or a name in `IMPLS`.
       platform: `jax.default_backend()` or a device's platform: "cpu", "gpu", "cuda", "rocm",
         "tpu".
 
     Returns:
-      "reference", "pallas_tpu", "pallas_gpu" or "cpu".
+      "reference", "pallas_tpu", "pallas_gpu", "cpu_native" or "cpu_xla".
     """
     kind = _platform_kind(platform)
-    if name in IMPLS and name != "pallas":
-        return name
+    if name == "auto":
+        name = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": "cpu"}[kind]
     if name == "pallas":
         return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": _CPU_PALLAS}[kind]
-    if name == "auto":
-        return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": _CPU_AUTO}[kind]
+    if name == "cpu":
+        return "cpu_native" if rpa_cpu.available() else "cpu_xla"
+    if name in IMPLS:
+        return name
     raise ValueError(f"unknown attention impl {name!r}; want 'auto' or one of {IMPLS}")
 
 
@@ -106,7 +110,11 @@ def ragged_paged_attention(
     args = dict(sm_scale=sm_scale, sliding_window=sliding_window, soft_cap=soft_cap)
     if impl == "reference":
         return ref_ragged_paged_attention(q, k_pages, v_pages, md, **args)
-    if impl == "cpu":
+    if impl == "cpu_native":
+        if platform != "cpu":
+            raise ValueError(f"attention impl 'cpu_native' runs on CPU only, not {platform}")
+        return ragged_paged_attention_cpu(q, k_pages, v_pages, md, **args)
+    if impl == "cpu_xla":
         if md.max_q_len == 1:
             return decode_paged_attention(q, k_pages, v_pages, md, **args)
         impl = "pallas_tpu"

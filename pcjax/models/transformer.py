@@ -56,8 +56,8 @@ class Linear(nnx.Module):
         self.weight = nnx.Param(jnp.zeros((out_dim, in_dim), dtype))  # f[out, in]
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if bias else None  # f[out]
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # f[T, in] -> f[T, out]
-        y = dot_nt(x, self.weight[...])
+    def __call__(self, x: jax.Array, dot=dot_nt) -> jax.Array:  # f[T, in] -> f[T, out]
+        y = dot(x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -73,10 +73,10 @@ class Attention(nnx.Module):
         self.shape = (n, k, h)
         self.sliding_window = cfg.layer_window(layer)
 
-    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl):
+    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl, dot=dot_nt):
         """x: f[T, D] -> (f[T, D], k_pages, v_pages) with this step's K/V written."""
         n, k, h = self.shape
-        qkv = self.qkv_proj(x)  # f[T, (N + 2K) H]
+        qkv = self.qkv_proj(x, dot)  # f[T, (N + 2K) H]
         q = qkv[:, : n * h].reshape(-1, n, h)  # f[T, N, H]
         key = qkv[:, n * h : (n + k) * h].reshape(-1, k, h)  # f[T, K, H]
         value = qkv[:, (n + k) * h :].reshape(-1, k, h)  # f[T, K, H]
@@ -93,7 +93,7 @@ class Attention(nnx.Module):
             sliding_window=self.sliding_window,
             impl=attention_impl,
         )  # f[T, N, H]
-        return self.o_proj(out.reshape(-1, n * h)), k_pages, v_pages
+        return self.o_proj(out.reshape(-1, n * h), dot), k_pages, v_pages
 
 
 class MLP(nnx.Module):
@@ -104,10 +104,10 @@ class MLP(nnx.Module):
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype)
         self.intermediate_size = cfg.intermediate_size
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gate_up = self.gate_up_proj(x)  # f[T, 2F]
+    def __call__(self, x: jax.Array, dot=dot_nt) -> jax.Array:
+        gate_up = self.gate_up_proj(x, dot)  # f[T, 2F]
         gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
-        return self.down_proj(jax.nn.silu(gate) * up)
+        return self.down_proj(jax.nn.silu(gate) * up, dot)
 
 
 class DecoderLayer(nnx.Module):
@@ -119,12 +119,12 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.mlp = MLP(cfg, dtype)
 
-    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl):
+    def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl, dot=dot_nt):
         attn, k_pages, v_pages = self.self_attn(
-            self.input_layernorm(x), cos, sin, k_pages, v_pages, md, attention_impl
+            self.input_layernorm(x), cos, sin, k_pages, v_pages, md, attention_impl, dot
         )
         x = x + attn
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.mlp(self.post_attention_layernorm(x), dot)
         return x, k_pages, v_pages
 
 
@@ -154,18 +154,31 @@ class Transformer(nnx.Module):
         inv_freq = inverse_frequencies(head_dim, theta, dict(scaling) if scaling else None)
         cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)  # f[T, H] each
         new_k, new_v = [], []
+        dot = _projection_dot(attention_impl, tokens.shape[0])
         for layer, k_pages, v_pages in zip(self.layers, kv_cache.k, kv_cache.v, strict=True):
-            x, k_pages, v_pages = layer(x, cos, sin, k_pages, v_pages, md, attention_impl)
+            x, k_pages, v_pages = layer(x, cos, sin, k_pages, v_pages, md, attention_impl, dot)
             new_k.append(k_pages)
             new_v.append(v_pages)
         if logits_indices is not None:
             x = x[logits_indices]  # f[R, D]: only the rows whose logits are wanted
-        return self.logits(self.norm(x)), KVCache(k=tuple(new_k), v=tuple(new_v))
+        dot = _projection_dot(attention_impl, x.shape[0])
+        return self.logits(self.norm(x), dot), KVCache(k=tuple(new_k), v=tuple(new_v))
 
-    def logits(self, x: jax.Array) -> jax.Array:  # f[R, D] -> f32[R, V]
+    def logits(self, x: jax.Array, dot=dot_nt) -> jax.Array:  # f[R, D] -> f32[R, V]
         """The LM head (or the tied embedding, both f[V, D]), accumulated in float32."""
         head = self.embed_tokens if self.lm_head is None else self.lm_head.weight
-        return dot_nt(x, head[...], jnp.float32)
+        return dot(x, head[...], jnp.float32)
+
+
+def _projection_dot(attention_impl: str, num_rows: int):
+    """The ``x @ w.T`` of the projections for `num_rows` rows (static: a bucketed shape).
+
+    On the native CPU path, steps of at most `kernels.SKINNY_MAX_ROWS` rows (decode) use the
+    native skinny matmul, which streams each weight once; everything else uses XLA's dot.
+    """
+    if attention_impl == "cpu_native" and num_rows <= kernels.SKINNY_MAX_ROWS:
+        return kernels.dot_nt_skinny
+    return dot_nt
 
 
 def forward(

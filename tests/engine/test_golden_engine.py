@@ -12,6 +12,7 @@ import pathlib
 import pytest
 
 from pcjax import Engine, SamplingParams
+from pcjax.kernels import rpa_cpu
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "llama_sharded"]
@@ -51,11 +52,19 @@ def test_engine_greedy_equals_transformers(family):
             assert cached > 0, name
 
 
-@pytest.mark.parametrize(("impl", "resolved"), [("pallas", "pallas_tpu"), ("auto", "cpu")])
+@pytest.mark.parametrize(
+    ("impl", "resolved"),
+    [
+        ("pallas", "pallas_tpu"),
+        ("cpu_xla", "cpu_xla"),
+        ("auto", "cpu_native" if rpa_cpu.available() else "cpu_xla"),
+    ],
+)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_engine_kernel_attention_equals_reference(family, impl, resolved):
-    """The Pallas kernel path (interpret mode on CPU), and CPU's auto choice (jnp decode + that
-    kernel for prefill), reproduce the references cold and warm."""
+    """The Pallas kernel path (interpret mode on CPU), the XLA CPU path (jnp decode + that kernel
+    for prefill) and CPU's auto choice (the native kernels: attention, and the skinny matmul for
+    decode steps) reproduce the references cold and warm."""
     ref = _reference(family)
     params = SamplingParams(temperature=0, max_tokens=len(ref["greedy"]), ignore_eos=True)
     engine = Engine(

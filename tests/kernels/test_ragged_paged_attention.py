@@ -11,9 +11,12 @@ from pcjax.kernels import (
     AttentionMetadata,
     ragged_paged_attention,
     resolve_attention_impl,
+    rpa_cpu,
     write_kv,
 )
 from pcjax.kernels.testing import make_batch
+
+NATIVE_OR_XLA = "cpu_native" if rpa_cpu.available() else "cpu_xla"
 
 
 def test_write_kv_puts_each_token_in_its_slot_and_nothing_else():
@@ -99,13 +102,22 @@ def test_hand_computed_case_with_sliding_window_of_one():
         ("auto", "tpu", "pallas_tpu"),
         ("auto", "gpu", "pallas_gpu"),
         ("auto", "rocm", "pallas_gpu"),
-        ("auto", "cpu", "cpu"),
-        ("cpu", "cpu", "cpu"),
+        ("auto", "cpu", NATIVE_OR_XLA),
+        ("cpu", "cpu", NATIVE_OR_XLA),
+        ("cpu_xla", "cpu", "cpu_xla"),
+        ("cpu_native", "cpu", "cpu_native"),
         ("pallas_gpu", "cpu", "pallas_gpu"),
     ],
 )
 def test_resolve_attention_impl(name, platform, want):
     assert resolve_attention_impl(name, platform) == want
+
+
+def test_cpu_falls_back_to_the_xla_path_without_the_native_kernel(monkeypatch):
+    monkeypatch.setattr(rpa_cpu, "available", lambda: False)
+    assert resolve_attention_impl("auto", "cpu") == "cpu_xla"
+    assert resolve_attention_impl("cpu", "cpu") == "cpu_xla"
+    assert resolve_attention_impl("auto", "gpu") == "pallas_gpu"
 
 
 def test_resolve_attention_impl_rejects_unknown_names():

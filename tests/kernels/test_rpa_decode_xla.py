@@ -43,7 +43,7 @@ def test_decode_path_matches_reference(case):
     want = ragged_paged_attention_reference(batch.q, k_pages, v_pages, batch.md, **args)
     for out in (
         decode_paged_attention(batch.q, k_pages, v_pages, batch.md, **args),
-        ragged_paged_attention(batch.q, k_pages, v_pages, batch.md, impl="cpu", **args),
+        ragged_paged_attention(batch.q, k_pages, v_pages, batch.md, impl="cpu_xla", **args),
     ):
         assert not np.isnan(np.asarray(out, np.float32)).any()
         np.testing.assert_allclose(

@@ -1,4 +1,5 @@
-"""Both Pallas kernels against the jnp reference, in interpret mode; the TPU kernel's races.
+"""The Pallas kernels (in interpret mode) and the native CPU kernel against the jnp reference;
+the TPU kernel's races.
 
 Every case is one ragged batch mixing decodes, prefills with and without a cached prefix, a
 sequence ending exactly on a page boundary, a padded sequence and padded tokens, over randomly
@@ -15,7 +16,7 @@ import pytest
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pcjax.kernels import write_kv
+from pcjax.kernels import rpa_cpu, write_kv
 from pcjax.kernels.ragged_paged_attention import ragged_paged_attention_reference
 from pcjax.kernels.rpa_gpu import ragged_paged_attention_gpu
 from pcjax.kernels.rpa_tpu import ragged_paged_attention_tpu
@@ -48,6 +49,7 @@ KERNELS = {  # name: (kernel, tuning args giving several items, kv blocks and sp
         ragged_paged_attention_gpu,
         dict(interpret=True, block_q=4, block_kv=16, kv_splits=3),
     ),
+    "cpu-native": (rpa_cpu.ragged_paged_attention_cpu, {}),
 }
 
 
@@ -79,6 +81,8 @@ def _case(name):
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_matches_reference(kernel, case):
+    if kernel == "cpu-native" and not rpa_cpu.available():
+        pytest.skip("the native CPU kernel does not build here (no C++ compiler)")
     (q, k_pages, v_pages, md), args, want = _case(case)
     fn, tuning = KERNELS[kernel]
     out = fn(q, k_pages, v_pages, md, **args, **tuning)

@@ -1,0 +1,118 @@
+// Shared by pcjax's CPU kernels (XLA FFI handlers built by pcjax/kernels/native.py): SIMD
+// vectors, bfloat16 conversion, a parallel loop on XLA's intra-op thread pool.
+//
+// Portable C++17 with GCC/Clang vector extensions: the compiler maps Vec to the widest SIMD
+// registers it has (one AVX-512 register, two AVX2 ones, four NEON ones).
+
+#ifndef PCJAX_KERNELS_CSRC_COMMON_H_
+#define PCJAX_KERNELS_CSRC_COMMON_H_
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace pcjax {
+
+namespace ffi = xla::ffi;
+
+constexpr int kLanes = 16;  // f32 lanes of a Vec
+
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline Vec Splat(float x) { return Vec{} + x; }
+
+inline float Sum(Vec v) {
+  float total = 0.0f;
+  for (int i = 0; i < kLanes; ++i) total += v[i];
+  return total;
+}
+
+struct BF16 {
+  uint16_t bits;
+};
+
+inline float ToFloat(float x) { return x; }
+inline float ToFloat(BF16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+inline void FromFloat(float x, float* out) { *out = x; }
+inline void FromFloat(float x, BF16* out) {  // round to nearest even, as XLA converts
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    out->bits = 0x7fc0;  // NaN
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  out->bits = static_cast<uint16_t>(u >> 16);
+}
+
+inline Vec LoadVec(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline Vec LoadVec(const BF16* p) {
+  typedef uint16_t U16Vec __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+  U16Vec bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  const IVec wide = __builtin_convertvector(bits, IVec) << 16;
+  Vec v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+}
+
+inline ffi::Error InvalidArgument(const std::string& message) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, message);
+}
+
+// How many threads ParallelFor runs n items on: the calling thread plus helpers from the pool,
+// as many threads in all as the pool has (the caller takes one pool thread's place), at most n.
+inline int64_t Workers(ffi::ThreadPool& pool, int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), n));
+}
+
+// Runs body(i, slot) for i in [0, n) on Workers(pool, n) threads, slot in [0, Workers) naming the
+// thread (for per-thread scratch); returns when all n are done. Helpers claim indices from a
+// shared counter; one that starts late (its pool busy) finds nothing left and only touches the
+// shared state it co-owns.
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Body& body) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, n, &body](int64_t slot) {
+    int64_t finished = 0;
+    for (int64_t i; (i = state->next.fetch_add(1)) < n; ++finished) body(i, slot);
+    if (finished == 0) return;
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->done += finished;
+    if (state->done == n) state->cv.notify_all();
+  };
+  const int64_t helpers = Workers(pool, n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work, t] { work(t + 1); });
+  work(0);
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done == n; });
+}
+
+}  // namespace pcjax
+
+#endif  // PCJAX_KERNELS_CSRC_COMMON_H_
