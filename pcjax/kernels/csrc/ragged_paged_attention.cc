@@ -155,6 +155,7 @@ void FoldTile(int64_t H_runtime, const Options& opt, const float* k, const float
 // scores are dot products (kHeadDim / kLanes FMAs and one horizontal sum per kv token), the
 // softmax runs over a vector of the tile's scores, and V rows fold into the row's accumulators.
 constexpr int64_t kFewRows = 4;
+constexpr int kPrefetchTiles = 2;  // how far ahead the K/V rows of a tile are prefetched
 
 template <typename T, int kHeadDim>
 void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, const WorkItem& w) {
@@ -194,6 +195,20 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
       const T* k_tile = x.k + (static_cast<int64_t>(pages[t0 / P]) * P + offset) * token_stride +
                         kv_head * kHeadDim;
       const T* v_tile = x.v + (k_tile - x.k);
+      // Prefetch the K/V rows of this head kPrefetchTiles tiles ahead (the first tiles at once).
+      int64_t ahead = t0;
+      for (int d = 0; d <= kPrefetchTiles && ahead < hi; ++d) {
+        const int64_t rows_ahead = std::min<int64_t>({kLanes, P - ahead % P, hi - ahead});
+        if (d == kPrefetchTiles || t0 == lo) {
+          const int64_t base = (static_cast<int64_t>(pages[ahead / P]) * P + ahead % P) *
+                                   token_stride + kv_head * kHeadDim;
+          for (int64_t j = 0; j < rows_ahead; ++j) {
+            Prefetch(x.k + base + j * token_stride, kHeadDim * sizeof(T));
+            Prefetch(x.v + base + j * token_stride, kHeadDim * sizeof(T));
+          }
+        }
+        ahead += rows_ahead;
+      }
       Vec s[kFewRows];  // lane j: the row's score against kv token t0 + j
       for (int64_t r = 0; r < rows; ++r) s[r] = Splat(kMasked);
       for (int64_t j = 0; j < n; ++j) {

@@ -40,7 +40,7 @@ void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
     for (int r = 0; r < kO; ++r) w_rows[r] = a.w + std::min<int64_t>(o + r, o_end - 1) * a.k;
     Vec acc[kO][kM] = {};
     for (int64_t i = 0; i < vec_k; i += kLanes) {
-      for (int r = 0; r < kO; ++r) __builtin_prefetch(w_rows[r] + 4 * kO * a.k + i, 0, 3);
+      for (int r = 0; r < kO; ++r) __builtin_prefetch(w_rows[r] + kO * a.k + i, 0, 3);  // next rows
       Vec w_vec[kO];
       for (int r = 0; r < kO; ++r) w_vec[r] = LoadVec(w_rows[r] + i);
       for (int m = 0; m < kM; ++m) {
