@@ -35,7 +35,9 @@ _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "KV page (block) size of both
 _BATCHED_TOKENS = flags.DEFINE_integer("max_num_batched_tokens", 2048, "Step token budget.")
 _MAX_MODEL_LEN = flags.DEFINE_integer("max_model_len", 1024, "Context limit of both systems.")
 _IMPLS = flags.DEFINE_list(
-    "attention_impls", ["reference", "pallas", "cpu"], "pcjax attention paths (auto is cpu here)."
+    "attention_impls",
+    ["reference", "pallas", "cpu_xla", "cpu"],
+    "pcjax attention paths (auto on CPU is cpu: cpu_native where it builds).",
 )
 _CACHING = flags.DEFINE_list("caching", ["on", "off"], "Prefix caching settings to run.")
 _PEER = flags.DEFINE_bool("peer", True, "Also run vLLM's CPU backend.")

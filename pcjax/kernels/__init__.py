@@ -1,4 +1,5 @@
-"""Attention over the paged KV cache: the interface, the jnp reference, and the Pallas kernels.
+"""Attention over the paged KV cache: the interface, the jnp reference, the Pallas kernels and the
+native CPU kernels (with them, `dot_nt_skinny`: the projections of decode steps on that path).
 
 Implementations (the `impl` of `ragged_paged_attention`):
 
@@ -10,7 +11,8 @@ pallas_gpu     `rpa_gpu`: Triton GPU kernel (split-KV); interpret mode off GPU
 pallas         the platform's kernel: pallas_tpu on TPU, pallas_gpu on GPU, and on CPU the
                faster one in interpret mode, pallas_tpu (see `resolve_attention_impl`)
 cpu_native     `rpa_cpu`: a C++ kernel called through XLA's FFI, compiled on first use
-               (`native`); reads pages in place, lane-wise online softmax, XLA's thread pool
+               (`native`); reads pages in place, lane-wise online softmax, XLA's thread pool;
+               the model's decode-step projections then use `skinny_matmul` too
 cpu_xla        decode steps (static ``max_q_len == 1``) run the page-blocked jnp decode
                (`rpa_decode_xla`), other steps pallas_tpu in interpret mode
 cpu            cpu_native where it builds (a C++ compiler is present), else cpu_xla

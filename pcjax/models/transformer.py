@@ -1,13 +1,13 @@
 """The decoder-only transformer (Llama / Mistral / Qwen2 / Qwen3) in Flax NNX, over paged KV.
 
 Weights are stored ``f[out, in]`` (Hugging Face's layout) and applied as ``x @ weight.T`` by a
-``dot_general`` contracting both minor dims, so no transpose is ever materialized. On XLA:CPU this
-is also the layout the matmul wants: for decode (a few rows of x) each output is a dot product of
-two contiguous rows, and the weight matmuls of a batch-8 decode step of pcjax-small measured ~1.4x
-faster than with ``[in, out]`` weights (YNNPACK dots); prefill is the same either way. The
-projections that read the same input are fused: q/k/v into ``qkv_proj`` (rows ``[q | k | v]``)
-and gate/up into ``gate_up_proj`` (rows ``[gate | up]``), so a decode step reads every weight
-exactly once, in few large matmuls.
+``dot_general`` contracting both minor dims, so no transpose is ever materialized in the graph.
+For decode-sized steps on the native CPU path (``attention_impl="cpu_native"``, at most
+`kernels.SKINNY_MAX_ROWS` rows) the projections run the native skinny matmul instead, which
+streams each weight row once: XLA:CPU's dot (YNNPACK) transposes the weights on every such call.
+The projections that read the same input are fused: q/k/v into ``qkv_proj`` (rows
+``[q | k | v]``) and gate/up into ``gate_up_proj`` (rows ``[gate | up]``), so a decode step
+reads every weight exactly once, in few large matmuls.
 
 Numerics follow transformers: params, activations and KV share one dtype; RMSNorm and RoPE angles
 are computed in float32 and cast back; attention runs in float32 inside the kernel; logits are
