@@ -54,13 +54,15 @@ IMPLS = KERNEL_IMPLS
 
 # On CPU the Pallas kernels run in interpret mode; the TPU kernel's XLA loop is the faster of the
 # two ("pallas" on CPU picks it). Neither is what a CPU wants: "auto" on CPU is "cpu", the native
-# kernel where it builds (per layer of pcjax-small, f32, N=12 K=4 H=64 P=16, 2 shared cores:
-# eight 64-token chunks over 512 cached tokens 6.3 ms vs 13-18 ms for cpu_xla, a 576-token
-# prefill 4.2 vs 8.7-11 ms, decode B=8 x ~600 tokens 1.0 vs 1.9-2.4 ms; experiments/bench_attention
-# has the full table), else cpu_xla: its page-blocked jnp decode beats the interpreted kernels at
-# decode (decode B=8 at 256/600/1024 tokens 1.26/1.61/1.60x the reference, pallas 0.66/1.02/0.83x)
-# and the interpreted TPU kernel beats the reference at prefill (1.3-5.0x). A static choice (no
-# timing at run time); re-measure when the kernels change.
+# kernel where it builds, else cpu_xla. experiments/bench_attention (pcjax-small heads, f32, P=16,
+# engine buckets, 2 shared cores; experiments/results/bench_attention_cpu.json), speed vs the
+# reference, medians at 256 / 600 / 1024 kv tokens:
+#   decode B=8           cpu_native 2.1 / 4.8 / 5.0x   cpu_xla 1.8 / 1.3 / 1.9x   pallas 0.9x
+#   512-token chunk + 7  cpu_native 20 / 48 / 26x      cpu_xla 6.1 / 17 / 11x     pallas 5-12x
+#   512-token chunk      cpu_native 2.9 / 9.5 / 5.2x   cpu_xla 1.4 / 4.4 / 2.5x   pallas 1.5-3.7x
+# cpu_xla's page-blocked jnp decode beats the interpreted kernels at decode, and the interpreted
+# TPU kernel beats the reference with prefill. A static choice (no timing at run time);
+# re-measure when the kernels change.
 _CPU_PALLAS = "pallas_tpu"
 
 

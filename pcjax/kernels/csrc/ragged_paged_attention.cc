@@ -87,6 +87,16 @@ struct WorkItem {
   int32_t first, count;       // query tokens first .. first + count - 1 of the sequence
 };
 
+constexpr int64_t kFewRows = 4;   // rows per kv head up to which decode runs AttendFewRows
+constexpr int kPrefetchTiles = 2;  // how far ahead the K/V rows of a tile are prefetched
+
+template <int kChunks>
+struct FewRowsState {  // one kv head's rows: q (pre-scaled), output accumulators, max, sum
+  Vec q[kFewRows][kChunks];
+  Vec out[kFewRows][kChunks];
+  float m[kFewRows], l[kFewRows];
+};
+
 // Per-thread scratch, sized once per call. Row vector v of the item holds, in lane r, the row
 // (token first + (v_in_head * kLanes + r) / G, head kv_head * G + (...) % G) of its kv head.
 struct Scratch {
@@ -94,6 +104,13 @@ struct Scratch {
   std::vector<Vec> m, l;        // [vecs]: running max and sum
   std::vector<IVec> pos;        // [vecs]: each lane's query position (-1: an unused lane)
   std::vector<float> k_tile, v_tile;  // [kLanes][H]: the tile's K and V rows of one kv head
+  std::vector<FewRowsState<4>> few_rows_64;   // per kv head of an item, head_dim 64
+  std::vector<FewRowsState<8>> few_rows_128;  // head_dim 128
+  template <int kChunks>
+  std::vector<FewRowsState<kChunks>>& few_rows() {
+    if constexpr (kChunks == 4) return few_rows_64;
+    else return few_rows_128;
+  }
   explicit Scratch(int64_t head_dim)
       : q_t(kMaxVecs * head_dim),
         out_t(kMaxVecs * head_dim),
@@ -154,11 +171,10 @@ void FoldTile(int64_t H_runtime, const Options& opt, const float* k, const float
 // in the lanes instead, so no lane is idle and K/V are read in place. Per tile, each row's
 // scores are dot products (kHeadDim / kLanes FMAs and one horizontal sum per kv token), the
 // softmax runs over a vector of the tile's scores, and V rows fold into the row's accumulators.
-constexpr int64_t kFewRows = 4;
-constexpr int kPrefetchTiles = 2;  // how far ahead the K/V rows of a tile are prefetched
 
 template <typename T, int kHeadDim>
-void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, const WorkItem& w) {
+void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, const WorkItem& w,
+                   std::vector<FewRowsState<kHeadDim / kLanes>>& states) {
   static_assert(kHeadDim % kLanes == 0, "head_dim in whole vectors");
   constexpr int kChunks = kHeadDim / kLanes;
   const int64_t G = sh.group(), K = sh.num_kv_heads, P = sh.page_size;
@@ -175,52 +191,62 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
   const int32_t* pages = x.page_table + b * sh.pages_per_seq;
   IVec lane;
   for (int j = 0; j < kLanes; ++j) lane[j] = j;
+  int32_t pos[kFewRows];
+  for (int64_t r = 0; r < kFewRows; ++r) pos[r] = first_pos + std::min(r, rows - 1) / G;
 
+  states.resize(std::max<size_t>(states.size(), w.kv_heads));
   for (int64_t hh = 0; hh < w.kv_heads; ++hh) {
-    const int64_t kv_head = w.kv_head + hh;
-    Vec q[kFewRows][kChunks], out[kFewRows][kChunks] = {};
-    float m[kFewRows], l[kFewRows];
-    int32_t pos[kFewRows];
+    auto& st = states[hh];
     for (int64_t r = 0; r < kFewRows; ++r) {
-      const int64_t i = std::min(r, rows - 1) / G, head = kv_head * G + std::min(r, rows - 1) % G;
+      const int64_t i = std::min(r, rows - 1) / G;
+      const int64_t head = (w.kv_head + hh) * G + std::min(r, rows - 1) % G;
       const T* q_row = x.q + ((seq_start + w.first + i) * sh.num_heads + head) * kHeadDim;
-      for (int c = 0; c < kChunks; ++c) q[r][c] = LoadVec(q_row + c * kLanes) * opt.sm_scale;
-      m[r] = kMasked;
-      l[r] = 0.0f;
-      pos[r] = static_cast<int32_t>(first_pos + i);
-    }
-    for (int64_t t0 = lo; t0 < hi;) {
-      const int64_t offset = t0 % P;
-      const int64_t n = std::min<int64_t>({kLanes, P - offset, hi - t0});
-      const T* k_tile = x.k + (static_cast<int64_t>(pages[t0 / P]) * P + offset) * token_stride +
-                        kv_head * kHeadDim;
-      const T* v_tile = x.v + (k_tile - x.k);
-      // Prefetch the K/V rows of this head kPrefetchTiles tiles ahead (the first tiles at once).
-      int64_t ahead = t0;
-      for (int d = 0; d <= kPrefetchTiles && ahead < hi; ++d) {
-        const int64_t rows_ahead = std::min<int64_t>({kLanes, P - ahead % P, hi - ahead});
-        if (d == kPrefetchTiles || t0 == lo) {
-          const int64_t base = (static_cast<int64_t>(pages[ahead / P]) * P + ahead % P) *
-                                   token_stride + kv_head * kHeadDim;
-          for (int64_t j = 0; j < rows_ahead; ++j) {
-            Prefetch(x.k + base + j * token_stride, kHeadDim * sizeof(T));
-            Prefetch(x.v + base + j * token_stride, kHeadDim * sizeof(T));
-          }
-        }
-        ahead += rows_ahead;
+      for (int c = 0; c < kChunks; ++c) {
+        st.q[r][c] = LoadVec(q_row + c * kLanes) * opt.sm_scale;
+        st.out[r][c] = Vec{};
       }
+      st.m[r] = kMasked;
+      st.l[r] = 0.0f;
+    }
+  }
+
+  // Tiles outer, heads inner: a tile's rows of all the item's heads are one contiguous run of
+  // each token's K (and V) row, so pages stream through in order.
+  const int64_t run_bytes = w.kv_heads * kHeadDim * static_cast<int64_t>(sizeof(T));
+  for (int64_t t0 = lo; t0 < hi;) {
+    const int64_t offset = t0 % P;
+    const int64_t n = std::min<int64_t>({kLanes, P - offset, hi - t0});
+    const int64_t tile_base = (static_cast<int64_t>(pages[t0 / P]) * P + offset) * token_stride;
+    // Prefetch the tile kPrefetchTiles tiles ahead (the first tiles at once).
+    int64_t ahead = t0;
+    for (int d = 0; d <= kPrefetchTiles && ahead < hi; ++d) {
+      const int64_t rows_ahead = std::min<int64_t>({kLanes, P - ahead % P, hi - ahead});
+      if (d == kPrefetchTiles || t0 == lo) {
+        const int64_t base = (static_cast<int64_t>(pages[ahead / P]) * P + ahead % P) *
+                                 token_stride + w.kv_head * kHeadDim;
+        for (int64_t j = 0; j < rows_ahead; ++j) {
+          Prefetch(x.k + base + j * token_stride, run_bytes);
+          Prefetch(x.v + base + j * token_stride, run_bytes);
+        }
+      }
+      ahead += rows_ahead;
+    }
+    const IVec kv_pos = lane + static_cast<int32_t>(t0);
+    for (int64_t hh = 0; hh < w.kv_heads; ++hh) {
+      auto& st = states[hh];
+      const T* k_tile = x.k + tile_base + (w.kv_head + hh) * kHeadDim;
+      const T* v_tile = x.v + tile_base + (w.kv_head + hh) * kHeadDim;
       Vec s[kFewRows];  // lane j: the row's score against kv token t0 + j
       for (int64_t r = 0; r < rows; ++r) s[r] = Splat(kMasked);
       for (int64_t j = 0; j < n; ++j) {
         Vec k_row[kChunks];
         for (int c = 0; c < kChunks; ++c) k_row[c] = LoadVec(k_tile + j * token_stride + c * kLanes);
         for (int64_t r = 0; r < rows; ++r) {
-          Vec dot = q[r][0] * k_row[0];
-          for (int c = 1; c < kChunks; ++c) dot += q[r][c] * k_row[c];
+          Vec dot = st.q[r][0] * k_row[0];
+          for (int c = 1; c < kChunks; ++c) dot += st.q[r][c] * k_row[c];
           s[r][j] = Sum(dot);
         }
       }
-      const IVec kv_pos = lane + static_cast<int32_t>(t0);
       for (int64_t r = 0; r < rows; ++r) {
         if (opt.soft_cap > 0.0f)
           for (int j = 0; j < n; ++j) s[r][j] = opt.soft_cap * std::tanh(s[r][j] / opt.soft_cap);
@@ -236,29 +262,32 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
           s[r] = Splat(0.0f);
           continue;
         }
-        const float new_max = std::max(m[r], tile_max);
-        const float alpha = Exp(Splat(m[r] - new_max))[0];
+        const float new_max = std::max(st.m[r], tile_max);
+        const float alpha = Exp(Splat(st.m[r] - new_max))[0];
         s[r] = visible ? Exp(s[r] - new_max) : Splat(0.0f);  // now the row's p over the tile
-        l[r] = l[r] * alpha + Sum(s[r]);
-        m[r] = new_max;
-        for (int c = 0; c < kChunks; ++c) out[r][c] *= alpha;
+        st.l[r] = st.l[r] * alpha + Sum(s[r]);
+        st.m[r] = new_max;
+        for (int c = 0; c < kChunks; ++c) st.out[r][c] *= alpha;
       }
       for (int64_t j = 0; j < n; ++j) {
         Vec v_row[kChunks];
         for (int c = 0; c < kChunks; ++c) v_row[c] = LoadVec(v_tile + j * token_stride + c * kLanes);
         for (int64_t r = 0; r < rows; ++r)
-          for (int c = 0; c < kChunks; ++c) out[r][c] += s[r][j] * v_row[c];
+          for (int c = 0; c < kChunks; ++c) st.out[r][c] += s[r][j] * v_row[c];
       }
-      t0 += n;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = r / G, head = kv_head * G + r % G;
-      T* out_row = x.out + ((seq_start + w.first + i) * sh.num_heads + head) * kHeadDim;
-      const float inv = 1.0f / l[r];
-      for (int c = 0; c < kChunks; ++c)
-        for (int h = 0; h < kLanes; ++h) FromFloat(out[r][c][h] * inv, &out_row[c * kLanes + h]);
-    }
+    t0 += n;
   }
+
+  for (int64_t hh = 0; hh < w.kv_heads; ++hh)
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto& st = states[hh];
+      const int64_t i = r / G, head = (w.kv_head + hh) * G + r % G;
+      T* out_row = x.out + ((seq_start + w.first + i) * sh.num_heads + head) * kHeadDim;
+      const float inv = 1.0f / st.l[r];
+      for (int c = 0; c < kChunks; ++c)
+        for (int h = 0; h < kLanes; ++h) FromFloat(st.out[r][c][h] * inv, &out_row[c * kLanes + h]);
+    }
 }
 
 template <typename T, int kHeadDim>
@@ -268,7 +297,8 @@ void Attend(const Shape& sh, const Options& opt, const Operands<T>& x, const Wor
   const int64_t G = sh.group(), K = sh.num_kv_heads, P = sh.page_size;
   const int64_t rows_per_head = static_cast<int64_t>(w.count) * G;
   if constexpr (kHeadDim > 0) {
-    if (rows_per_head <= kFewRows) return AttendFewRows<T, kHeadDim>(sh, opt, x, w);
+    if (rows_per_head <= kFewRows)
+      return AttendFewRows<T, kHeadDim>(sh, opt, x, w, scratch.few_rows<kHeadDim / kLanes>());
   }
   const int64_t vecs_per_head = (rows_per_head + kLanes - 1) / kLanes;
   const int64_t b = w.seq;
