@@ -3,7 +3,6 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from pcjax import models
 from pcjax.cache.kv_pages import KVCache
@@ -99,10 +98,10 @@ class ModelRunner:
             self.attention_impl,
             self._param_leaves,
             self.kv_cache,
-            jnp.asarray(arrays.tokens),
-            jnp.asarray(arrays.positions),
+            arrays.tokens,  # numpy: jit's C++ path converts them faster than jnp.asarray
+            arrays.positions,
             md,
-            jnp.asarray(arrays.logits_indices),
+            arrays.logits_indices,
         )
         sampling = SamplingBatch(
             temperature=arrays.temperature,
