@@ -6,16 +6,22 @@
 // j <= pos (and j > pos - sliding_window when the window is > 0), read straight from the pages
 // page_table[b, j / P]. Tokens of no sequence get 0.
 //
-// Work: one item per (sequence, group of kv heads, block of query tokens). A q row is one
-// (query token, head); the rows of one kv head are packed kLanes to a SIMD vector, so every
-// step of the online softmax is lane-wise (no horizontal reductions): for each tile of up to
-// kLanes kv tokens inside one page, the scores of a row vector against the tile's tokens are
-// kLanes vector accumulators (q transposed once per item, K broadcast from the page), the tile's
-// max, exponentials and sums are taken across those accumulators, and the tile's V folds into
-// the transposed output accumulator. Only kv positions < kv_len are ever read, so stale or NaN
-// pages past a sequence's length, the null page and padding never reach the output. Items run
-// on XLA's intra-op thread pool (the calling thread works too).
+// Work: one item per (sequence, group of kv heads, block of query tokens), on XLA's intra-op
+// thread pool (the calling thread works too). Two ways to lay an item's q rows (one row = one
+// query token x one head) into SIMD lanes:
 //
+// * Rows in lanes (Attend; chunks and prefills): the rows of one kv head are packed kLanes to a
+//   vector, so the online softmax is lane-wise with no horizontal reductions. For each tile of
+//   up to kLanes kv tokens inside one page, a row vector's scores are kLanes accumulators (q
+//   transposed once per item, K broadcast from a copy of the tile), the tile's max, exponentials
+//   and sums run across them, and V folds into the transposed output accumulators.
+// * Head dim in lanes (AttendFewRows; decode: at most kFewRows rows per kv head, where rows in
+//   lanes would leave most lanes idle): scores are dot products read straight from the pages,
+//   tiles walk each page once for all the item's heads, and the next tiles are prefetched.
+//
+// Only kv positions < kv_len are ever read, so stale or NaN pages past a sequence's length, the
+// null page and padding never reach the output.
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
