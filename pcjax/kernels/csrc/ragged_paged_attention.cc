@@ -243,15 +243,15 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
       const T* k_tile = x.k + tile_base + (w.kv_head + hh) * kHeadDim;
       const T* v_tile = x.v + tile_base + (w.kv_head + hh) * kHeadDim;
       Vec s[kFewRows];  // lane j: the row's score against kv token t0 + j
-      for (int64_t r = 0; r < rows; ++r) s[r] = Splat(kMasked);
-      for (int64_t j = 0; j < n; ++j) {
-        Vec k_row[kChunks];
-        for (int c = 0; c < kChunks; ++c) k_row[c] = LoadVec(k_tile + j * token_stride + c * kLanes);
-        for (int64_t r = 0; r < rows; ++r) {
-          Vec dot = st.q[r][0] * k_row[0];
-          for (int c = 1; c < kChunks; ++c) dot += st.q[r][c] * k_row[c];
-          s[r][j] = Sum(dot);
+      for (int64_t r = 0; r < rows; ++r) {
+        Vec dots[kLanes];  // lane-wise partial products; their lane sums are the scores
+        for (int j = 0; j < kLanes; ++j) {
+          dots[j] = Vec{};
+          if (j >= n) continue;
+          for (int c = 0; c < kChunks; ++c)
+            dots[j] += st.q[r][c] * LoadVec(k_tile + j * token_stride + c * kLanes);
         }
+        s[r] = SumEach(dots);
       }
       for (int64_t r = 0; r < rows; ++r) {
         if (opt.soft_cap > 0.0f)

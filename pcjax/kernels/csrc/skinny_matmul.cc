@@ -48,9 +48,14 @@ void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
         for (int r = 0; r < kO; ++r) acc[r][m] += x_vec * w_vec[r];
       }
     }
+    static_assert(kO * kM <= kLanes, "one SumEach per block of rows");
+    Vec parts[kLanes] = {};
+    for (int r = 0; r < kO; ++r)
+      for (int m = 0; m < kM; ++m) parts[r * kM + m] = acc[r][m];
+    const Vec sums = SumEach(parts);
     for (int r = 0; r < live; ++r)
       for (int m = 0; m < a.rows; ++m) {
-        float total = Sum(acc[r][m]);
+        float total = sums[r * kM + m];
         for (int64_t i = vec_k; i < a.k; ++i) total += a.x[m * a.padded_k + i] * ToFloat(w_rows[r][i]);
         FromFloat(total, &y[m * a.n + o + r]);
       }
