@@ -57,9 +57,9 @@ IMPLS = KERNEL_IMPLS
 # kernel where it builds, else cpu_xla. experiments/bench_attention (pcjax-small heads, f32, P=16,
 # engine buckets, 2 shared cores; experiments/results/bench_attention_cpu.json), speed vs the
 # reference, medians at 256 / 600 / 1024 kv tokens:
-#   decode B=8           cpu_native 2.1 / 4.8 / 5.0x   cpu_xla 1.8 / 1.3 / 1.9x   pallas 0.9x
-#   512-token chunk + 7  cpu_native 20 / 48 / 26x      cpu_xla 6.1 / 17 / 11x     pallas 5-12x
-#   512-token chunk      cpu_native 2.9 / 9.5 / 5.2x   cpu_xla 1.4 / 4.4 / 2.5x   pallas 1.5-3.7x
+#   decode B=8           cpu_native 3.0 / 5.0 / 4.5x   cpu_xla 1.7 / 1.5 / 1.3x   pallas 0.9x
+#   512-token chunk + 7  cpu_native 20 / 50 / 26x      cpu_xla 5.9 / 16 / 10x     pallas 5-12x
+#   512-token chunk      cpu_native 2.3 / 10 / 5.0x    cpu_xla 1.3 / 4.4 / 2.2x   pallas 1.5-3.7x
 # cpu_xla's page-blocked jnp decode beats the interpreted kernels at decode, and the interpreted
 # TPU kernel beats the reference with prefill. A static choice (no timing at run time);
 # re-measure when the kernels change.
