@@ -22,7 +22,8 @@ cpu            cpu_native where it builds (a C++ compiler is present), else cpu_
 import jax
 
 from pcjax.config import KERNEL_IMPLS
-from pcjax.kernels import rpa_cpu
+from pcjax.kernels import rpa_cpu, skinny_matmul
+from pcjax.kernels.native import NativeUnavailable
 from pcjax.kernels.ragged_paged_attention import (
     AttentionMetadata,
     ref_ragged_paged_attention,
@@ -87,6 +88,10 @@ def resolve_attention_impl(name: str, platform: str) -> str:
 
     Returns:
       "reference", "pallas_tpu", "pallas_gpu", "cpu_native" or "cpu_xla".
+
+    Raises:
+      ValueError: an unknown name or platform, or "cpu_native" asked for where the native kernels
+        cannot be built (the message says why).
     """
     kind = _platform_kind(platform)
     if name == "auto":
@@ -94,7 +99,15 @@ def resolve_attention_impl(name: str, platform: str) -> str:
     if name == "pallas":
         return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": _CPU_PALLAS}[kind]
     if name == "cpu":
-        return "cpu_native" if rpa_cpu.available() else "cpu_xla"
+        return "cpu_native" if rpa_cpu.available() and skinny_matmul.available() else "cpu_xla"
+    if name == "cpu_native":
+        try:
+            rpa_cpu.require()
+            skinny_matmul.require()
+        except NativeUnavailable as error:
+            raise ValueError(
+                f"attention impl 'cpu_native' is not available here: {error}"
+            ) from error
     if name in IMPLS:
         return name
     raise ValueError(f"unknown attention impl {name!r}; want 'auto' or one of {IMPLS}")

@@ -30,6 +30,11 @@ def available() -> bool:
     return native.available(_SOURCE, _SYMBOLS)
 
 
+def require() -> None:
+    """Builds and loads the kernel, or raises `NativeUnavailable` saying why it cannot."""
+    native.load(_SOURCE, _SYMBOLS)
+
+
 def ragged_paged_attention_cpu(
     q: jax.Array,  # f[T, N, H]
     k_pages: jax.Array,  # f[NP, P, K, H]
@@ -46,7 +51,7 @@ def ragged_paged_attention_cpu(
     Metadata out of range (a page id past NP, kv_len past the page table, query tokens past T) is
     reported as an error by the call instead of being read.
     """
-    native.load(_SOURCE, _SYMBOLS)
+    require()
     if sliding_window is not None and sliding_window <= 0:
         raise ValueError(f"sliding_window must be positive, got {sliding_window}")
     if soft_cap is not None and soft_cap <= 0:

@@ -26,13 +26,18 @@ def available() -> bool:
     return native.available(_SOURCE, _SYMBOLS)
 
 
+def require() -> None:
+    """Builds and loads the kernel, or raises `NativeUnavailable` saying why it cannot."""
+    native.load(_SOURCE, _SYMBOLS)
+
+
 def dot_nt_skinny(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
     """``x @ w.T`` for x f[M, in] (M <= MAX_ROWS) and w f[out, in] of one dtype (f32 or bf16).
 
     Returns f[M, out] in `out_dtype` (float32, or None for x's dtype), summed in float32.
     Raises `NativeUnavailable` where the kernel cannot be built, ValueError on bad shapes.
     """
-    native.load(_SOURCE, _SYMBOLS)
+    require()
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"want x [M, K] and w [N, K], got {x.shape} and {w.shape}")
     if x.shape[0] > MAX_ROWS:

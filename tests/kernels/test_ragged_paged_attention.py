@@ -9,14 +9,17 @@ import pytest
 from pcjax.kernels import (
     IMPLS,
     AttentionMetadata,
+    native,
     ragged_paged_attention,
     resolve_attention_impl,
     rpa_cpu,
+    skinny_matmul,
     write_kv,
 )
 from pcjax.kernels.testing import make_batch
 
-NATIVE_OR_XLA = "cpu_native" if rpa_cpu.available() else "cpu_xla"
+NATIVE = rpa_cpu.available() and skinny_matmul.available()
+NATIVE_OR_XLA = "cpu_native" if NATIVE else "cpu_xla"
 
 
 def test_write_kv_puts_each_token_in_its_slot_and_nothing_else():
@@ -105,7 +108,12 @@ def test_hand_computed_case_with_sliding_window_of_one():
         ("auto", "cpu", NATIVE_OR_XLA),
         ("cpu", "cpu", NATIVE_OR_XLA),
         ("cpu_xla", "cpu", "cpu_xla"),
-        ("cpu_native", "cpu", "cpu_native"),
+        pytest.param(
+            "cpu_native",
+            "cpu",
+            "cpu_native",
+            marks=pytest.mark.skipif(not NATIVE, reason="no C++ compiler here"),
+        ),
         ("pallas_gpu", "cpu", "pallas_gpu"),
     ],
 )
@@ -118,6 +126,15 @@ def test_cpu_falls_back_to_the_xla_path_without_the_native_kernel(monkeypatch):
     assert resolve_attention_impl("auto", "cpu") == "cpu_xla"
     assert resolve_attention_impl("cpu", "cpu") == "cpu_xla"
     assert resolve_attention_impl("auto", "gpu") == "pallas_gpu"
+
+
+def test_cpu_native_asked_for_where_it_cannot_build_is_a_clear_error(monkeypatch):
+    def unavailable():
+        raise native.NativeUnavailable("no C++ compiler 'c++' on PATH (set CXX)")
+
+    monkeypatch.setattr(rpa_cpu, "require", unavailable)
+    with pytest.raises(ValueError, match="'cpu_native' is not available here: no C\\+\\+ compiler"):
+        resolve_attention_impl("cpu_native", "cpu")
 
 
 def test_resolve_attention_impl_rejects_unknown_names():
