@@ -38,8 +38,10 @@ from pcjax.kernels.skinny_matmul import dot_nt_skinny
 
 __all__ = [
     "IMPLS",
+    "NativeUnavailable",
     "SKINNY_MAX_ROWS",
     "AttentionMetadata",
+    "cpu_native_available",
     "decode_paged_attention",
     "dot_nt_skinny",
     "ragged_paged_attention",
@@ -47,6 +49,7 @@ __all__ = [
     "ragged_paged_attention_gpu",
     "ragged_paged_attention_tpu",
     "ref_ragged_paged_attention",
+    "require_cpu_native",
     "resolve_attention_impl",
     "write_kv",
 ]
@@ -74,6 +77,22 @@ def _platform_kind(platform: str) -> str:
     return kind
 
 
+def require_cpu_native() -> None:
+    """Builds and loads the native CPU kernels the cpu_native path runs (its attention, and the
+    skinny matmul of its decode steps), or raises `NativeUnavailable` saying why it cannot."""
+    rpa_cpu.require()
+    skinny_matmul.require()
+
+
+def cpu_native_available() -> bool:
+    """Whether the cpu_native path can run here (built once per machine, the outcome kept)."""
+    try:
+        require_cpu_native()
+    except NativeUnavailable:
+        return False
+    return True
+
+
 def resolve_attention_impl(name: str, platform: str) -> str:
     """Maps an engine's `attention_impl` to a concrete implementation for `platform`.
 
@@ -99,11 +118,10 @@ def resolve_attention_impl(name: str, platform: str) -> str:
     if name == "pallas":
         return {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": _CPU_PALLAS}[kind]
     if name == "cpu":
-        return "cpu_native" if rpa_cpu.available() and skinny_matmul.available() else "cpu_xla"
+        return "cpu_native" if cpu_native_available() else "cpu_xla"
     if name == "cpu_native":
         try:
-            rpa_cpu.require()
-            skinny_matmul.require()
+            require_cpu_native()
         except NativeUnavailable as error:
             raise ValueError(
                 f"attention impl 'cpu_native' is not available here: {error}"

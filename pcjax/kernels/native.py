@@ -114,12 +114,3 @@ def _register(source_name: str, symbols: tuple[tuple[str, str], ...]) -> None:
     for symbol, target in symbols:
         handler = jax.ffi.pycapsule(getattr(library, symbol))
         jax.ffi.register_ffi_target(target, handler, platform="cpu")
-
-
-def available(source_name: str, symbols: tuple[tuple[str, str], ...]) -> bool:
-    """Whether `load` succeeds (building on first call)."""
-    try:
-        load(source_name, symbols)
-    except NativeUnavailable:
-        return False
-    return True

@@ -10,8 +10,9 @@ the small batched dots cost more than the whole read of the pages should (pcjax-
 step). The kernel reads each page once, in place, keeps the softmax online in registers and
 splits the work over (sequence, kv head, query block) items on XLA's intra-op thread pool.
 
-Availability: the handler is compiled on first use (`pcjax.kernels.native`); `available()` says
-whether that worked here. The call lowers on the CPU platform only.
+Availability: the handler is compiled on first use (`pcjax.kernels.native`); `require()` builds it
+or says why it cannot, and `pcjax.kernels.cpu_native_available()` asks for the whole native path.
+The call lowers on the CPU platform only.
 """
 
 import jax
@@ -23,11 +24,6 @@ from pcjax.kernels.ragged_paged_attention import AttentionMetadata
 _SOURCE = "ragged_paged_attention.cc"
 _TARGET = "pcjax_ragged_paged_attention_cpu"
 _SYMBOLS = (("PcjaxRaggedPagedAttentionCpu", _TARGET),)
-
-
-def available() -> bool:
-    """Whether the native kernel builds and loads on this machine (built once, then cached)."""
-    return native.available(_SOURCE, _SYMBOLS)
 
 
 def require() -> None:

@@ -21,11 +21,6 @@ _TARGET = "pcjax_skinny_matmul_cpu"
 _SYMBOLS = (("PcjaxSkinnyMatmulCpu", _TARGET),)
 
 
-def available() -> bool:
-    """Whether the native kernel builds and loads on this machine (built once, then cached)."""
-    return native.available(_SOURCE, _SYMBOLS)
-
-
 def require() -> None:
     """Builds and loads the kernel, or raises `NativeUnavailable` saying why it cannot."""
     native.load(_SOURCE, _SYMBOLS)

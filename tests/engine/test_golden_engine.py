@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 from pcjax import Engine, SamplingParams
-from pcjax.kernels import rpa_cpu
+from pcjax.kernels import cpu_native_available
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "llama_sharded"]
@@ -57,7 +57,7 @@ def test_engine_greedy_equals_transformers(family):
     [
         ("pallas", "pallas_tpu"),
         ("cpu_xla", "cpu_xla"),
-        ("auto", "cpu_native" if rpa_cpu.available() else "cpu_xla"),
+        ("auto", "cpu_native" if cpu_native_available() else "cpu_xla"),
     ],
 )
 @pytest.mark.parametrize("family", FAMILIES)

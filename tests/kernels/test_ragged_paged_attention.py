@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pcjax import kernels
 from pcjax.kernels import (
     IMPLS,
     AttentionMetadata,
@@ -13,12 +14,11 @@ from pcjax.kernels import (
     ragged_paged_attention,
     resolve_attention_impl,
     rpa_cpu,
-    skinny_matmul,
     write_kv,
 )
 from pcjax.kernels.testing import make_batch
 
-NATIVE = rpa_cpu.available() and skinny_matmul.available()
+NATIVE = kernels.cpu_native_available()
 NATIVE_OR_XLA = "cpu_native" if NATIVE else "cpu_xla"
 
 
@@ -122,7 +122,7 @@ def test_resolve_attention_impl(name, platform, want):
 
 
 def test_cpu_falls_back_to_the_xla_path_without_the_native_kernel(monkeypatch):
-    monkeypatch.setattr(rpa_cpu, "available", lambda: False)
+    monkeypatch.setattr(kernels, "cpu_native_available", lambda: False)
     assert resolve_attention_impl("auto", "cpu") == "cpu_xla"
     assert resolve_attention_impl("cpu", "cpu") == "cpu_xla"
     assert resolve_attention_impl("auto", "gpu") == "pallas_gpu"

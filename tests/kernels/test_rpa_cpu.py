@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcjax.kernels import native, rpa_cpu, skinny_matmul, write_kv
+from pcjax.kernels import cpu_native_available, native, rpa_cpu, skinny_matmul, write_kv
 from pcjax.kernels.ragged_paged_attention import (
     AttentionMetadata,
     ragged_paged_attention_reference,
@@ -15,7 +15,7 @@ from pcjax.kernels.testing import make_batch
 from pcjax.models.transformer import dot_nt
 
 pytestmark = pytest.mark.skipif(
-    not (rpa_cpu.available() and skinny_matmul.available()),
+    not cpu_native_available(),
     reason="the native CPU kernels do not build here (no C++ compiler)",
 )
 
@@ -158,7 +158,8 @@ def test_disabled_or_missing_compiler_is_reported_once_and_remembered(monkeypatc
     with pytest.raises(native.NativeUnavailable, match="PCJAX_NATIVE=0"):
         native.load("skinny_matmul.cc", symbols)
     monkeypatch.delenv("PCJAX_NATIVE")
-    assert not native.available("skinny_matmul.cc", symbols)  # the outcome is kept
+    with pytest.raises(native.NativeUnavailable, match="PCJAX_NATIVE=0"):  # the outcome is kept
+        native.load("skinny_matmul.cc", symbols)
     monkeypatch.setenv("CXX", "no-such-compiler")
     other = (("PcjaxNothing", "pcjax_test_nothing_2"),)
     with pytest.raises(native.NativeUnavailable, match="no C\\+\\+ compiler"):

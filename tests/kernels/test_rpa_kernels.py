@@ -16,7 +16,7 @@ import pytest
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pcjax.kernels import rpa_cpu, write_kv
+from pcjax.kernels import cpu_native_available, rpa_cpu, write_kv
 from pcjax.kernels.ragged_paged_attention import ragged_paged_attention_reference
 from pcjax.kernels.rpa_gpu import ragged_paged_attention_gpu
 from pcjax.kernels.rpa_tpu import ragged_paged_attention_tpu
@@ -81,7 +81,7 @@ def _case(name):
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_matches_reference(kernel, case):
-    if kernel == "cpu-native" and not rpa_cpu.available():
+    if kernel == "cpu-native" and not cpu_native_available():
         pytest.skip("the native CPU kernel does not build here (no C++ compiler)")
     (q, k_pages, v_pages, md), args, want = _case(case)
     fn, tuning = KERNELS[kernel]
