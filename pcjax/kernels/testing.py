@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcjax.kernels.ragged_paged_attention import AttentionMetadata
+from pcjax.kernels.ragged_paged_attention import (
+    AttentionMetadata,
+    ragged_paged_attention_reference,
+    write_kv,
+)
+
+# How close a kernel's output must be to the reference's, per dtype.
+TOLERANCE = {jnp.float32: dict(rtol=2e-5, atol=2e-5), jnp.bfloat16: dict(rtol=1e-2, atol=1e-2)}
 
 
 class Batch(NamedTuple):
@@ -91,3 +98,23 @@ def make_batch(
     )
     as_dtype = lambda x: jnp.asarray(x, dtype)
     return Batch(as_dtype(q), as_dtype(k), as_dtype(v), as_dtype(k_pages), as_dtype(v_pages), md)
+
+
+def written_and_reference(batch: Batch, **attention_args) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Writes the step's K/V into the batch's pages and runs the reference on them.
+
+    Returns ``(k_pages, v_pages, want)``: the pages every kernel reads for this step, and the
+    reference output for `attention_args` (sm_scale, sliding_window, soft_cap).
+    """
+    k_pages, v_pages = write_kv(
+        batch.k_pages, batch.v_pages, batch.k, batch.v, batch.md.slot_mapping
+    )
+    want = ragged_paged_attention_reference(batch.q, k_pages, v_pages, batch.md, **attention_args)
+    return k_pages, v_pages, want
+
+
+def assert_matches_reference(out: jax.Array, want: jax.Array) -> None:
+    """Compares in float32 within `TOLERANCE` for the output's dtype."""
+    np.testing.assert_allclose(
+        np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[out.dtype.type]
+    )

@@ -6,20 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcjax.kernels import cpu_native_available, native, rpa_cpu, skinny_matmul, write_kv
+from pcjax.kernels import cpu_native_available, native, rpa_cpu, skinny_matmul
 from pcjax.kernels.ragged_paged_attention import (
     AttentionMetadata,
-    ragged_paged_attention_reference,
 )
-from pcjax.kernels.testing import make_batch
+from pcjax.kernels.testing import assert_matches_reference, make_batch, written_and_reference
 from pcjax.models.transformer import dot_nt
 
 pytestmark = pytest.mark.skipif(
     not cpu_native_available(),
     reason="the native CPU kernels do not build here (no C++ compiler)",
 )
-
-TOLERANCE = {jnp.float32: dict(rtol=2e-5, atol=2e-5), jnp.bfloat16: dict(rtol=1e-2, atol=1e-2)}
 
 
 @pytest.mark.parametrize(
@@ -49,20 +46,15 @@ def test_attention_matches_reference_on_long_ragged_steps(
         dtype=dtype,
         num_tokens=sum(q_lens) + 9,
     )
-    k_pages, v_pages = write_kv(
-        batch.k_pages, batch.v_pages, batch.k, batch.v, batch.md.slot_mapping
-    )
     args = dict(sm_scale=head_dim**-0.5, sliding_window=window)
-    want = ragged_paged_attention_reference(batch.q, k_pages, v_pages, batch.md, **args)
+    k_pages, v_pages, want = written_and_reference(batch, **args)
     out = jax.jit(lambda *a: rpa_cpu.ragged_paged_attention_cpu(*a, **args))(
         batch.q, k_pages, v_pages, batch.md
     )
     real = sum(q_lens)
     assert np.isfinite(np.asarray(out[:real], np.float32)).all()
     np.testing.assert_array_equal(np.asarray(out[real:], np.float32), 0)
-    np.testing.assert_allclose(
-        np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[dtype]
-    )
+    assert_matches_reference(out, want)
 
 
 def _one_sequence(page_table, kv_len):

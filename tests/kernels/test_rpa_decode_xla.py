@@ -4,11 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcjax.kernels import decode_paged_attention, ragged_paged_attention, write_kv
-from pcjax.kernels.ragged_paged_attention import ragged_paged_attention_reference
-from pcjax.kernels.testing import make_batch
-
-TOLERANCE = {jnp.float32: dict(rtol=2e-5, atol=2e-5), jnp.bfloat16: dict(rtol=1e-2, atol=1e-2)}
+from pcjax.kernels import decode_paged_attention, ragged_paged_attention
+from pcjax.kernels.testing import assert_matches_reference, make_batch, written_and_reference
 
 # kv lengths of one decode step: at position 0, mid-page, exactly a page, long; one padded sequence
 KV_LENS = (1, 37, 33, 70, 0)
@@ -36,19 +33,14 @@ def test_decode_path_matches_reference(case):
         num_tokens=sum(q_lens) + 3,
         pages_per_seq=6,
     )
-    k_pages, v_pages = write_kv(
-        batch.k_pages, batch.v_pages, batch.k, batch.v, batch.md.slot_mapping
-    )
     args = dict(sm_scale=head_dim**-0.5, sliding_window=window, soft_cap=soft_cap)
-    want = ragged_paged_attention_reference(batch.q, k_pages, v_pages, batch.md, **args)
+    k_pages, v_pages, want = written_and_reference(batch, **args)
     for out in (
         decode_paged_attention(batch.q, k_pages, v_pages, batch.md, **args),
         ragged_paged_attention(batch.q, k_pages, v_pages, batch.md, impl="cpu_xla", **args),
     ):
         assert not np.isnan(np.asarray(out, np.float32)).any()
-        np.testing.assert_allclose(
-            np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[dtype]
-        )
+        assert_matches_reference(out, want)
 
 
 def test_decode_path_rejects_prefill_steps():

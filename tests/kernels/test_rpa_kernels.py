@@ -16,13 +16,10 @@ import pytest
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pcjax.kernels import cpu_native_available, rpa_cpu, write_kv
-from pcjax.kernels.ragged_paged_attention import ragged_paged_attention_reference
+from pcjax.kernels import cpu_native_available, rpa_cpu
 from pcjax.kernels.rpa_gpu import ragged_paged_attention_gpu
 from pcjax.kernels.rpa_tpu import ragged_paged_attention_tpu
-from pcjax.kernels.testing import make_batch
-
-TOLERANCE = {jnp.float32: dict(rtol=2e-5, atol=2e-5), jnp.bfloat16: dict(rtol=1e-2, atol=1e-2)}
+from pcjax.kernels.testing import assert_matches_reference, make_batch, written_and_reference
 
 # (q_len, kv_len): decode, decode at position 0, prefill without cache, prefill chunk over a
 # cached prefix, padding, a chunk ending exactly on a page boundary (page size 16 or 33).
@@ -70,11 +67,8 @@ def _case(name):
         num_tokens=sum(q_lens) + 5,
         pages_per_seq=6,
     )
-    k_pages, v_pages = write_kv(
-        batch.k_pages, batch.v_pages, batch.k, batch.v, batch.md.slot_mapping
-    )
     args = dict(sm_scale=head_dim**-0.5, sliding_window=window, soft_cap=soft_cap)
-    want = ragged_paged_attention_reference(batch.q, k_pages, v_pages, batch.md, **args)
+    k_pages, v_pages, want = written_and_reference(batch, **args)
     return (batch.q, k_pages, v_pages, batch.md), args, want
 
 
@@ -90,9 +84,7 @@ def test_kernel_matches_reference(kernel, case):
     real = int(md.cu_q_lens[-1])
     assert np.isfinite(np.asarray(out[:real], np.float32)).all(), "a NaN page leaked in"
     np.testing.assert_array_equal(np.asarray(out[real:], np.float32), 0)
-    np.testing.assert_allclose(
-        np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[q.dtype.type]
-    )
+    assert_matches_reference(out, want)
 
 
 def test_gpu_kernel_rejects_non_power_of_two_head_dim():
@@ -165,10 +157,8 @@ def test_tpu_kernel_has_no_races(dtype, window, soft_cap, capfd):
         dtype=dtype,
         num_tokens=13,
     )
-    k_pages, v_pages = write_kv(
-        batch.k_pages, batch.v_pages, batch.k, batch.v, batch.md.slot_mapping
-    )
     args = dict(sm_scale=0.3, sliding_window=window, soft_cap=soft_cap)
+    k_pages, v_pages, want = written_and_reference(batch, **args)
     out = _assert_no_race(
         lambda: ragged_paged_attention_tpu(
             batch.q,
@@ -182,10 +172,7 @@ def test_tpu_kernel_has_no_races(dtype, window, soft_cap, capfd):
         ),
         capfd,
     )
-    want = ragged_paged_attention_reference(batch.q, k_pages, v_pages, batch.md, **args)
-    np.testing.assert_allclose(
-        np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[dtype]
-    )
+    assert_matches_reference(out, want)
 
 
 # --- lowering for GPU and TPU without either ---------------------------------------------------
