@@ -4,7 +4,9 @@ One row per (trace, policy, capacity) goes to ``<workdir>/compare_eviction_<mode
 ``trace``, ``policy``, ``mode``, ``capacity_tokens``, ``token_hit_rate``, ``block_hit_rate``,
 ``runtime_s`` and ``fraction_of_belady`` (plus tier hits, evictions, ...). Policies: every engine
 policy, ``belady`` (the offline bound with bypass), ``oracle_lru`` (LRU that admits only blocks
-used again: what perfect dead-block prediction would buy) and ``infinite`` (no eviction at all).
+used again: what perfect dead-block prediction would buy), ``infinite`` (no eviction at all) and,
+in sequential mode, the class bounds ``bound:<classifier>`` (`pcjax.sim.headroom`: the most any
+policy could reach that sees only those features of a block, e.g. ``bound:uses``, its use count).
 
     # the full table: both Mooncake traces, every policy, 1M / 3M / 10M tokens
     python -m experiments.compare_eviction --trace=conversation,synthetic --workdir=workdir/evict
@@ -39,12 +41,14 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from pcjax.cache.policies import all_policies
+from pcjax.sim.headroom import CLASSIFIERS, Intervals, class_bound, intervals
 from pcjax.sim.replay import replay
 from pcjax.sim.sources import open_trace
 from pcjax.sim.timed import DurationModel, replay_timed
 from pcjax.sim.trace import TRACES_DIR, Trace, trace_stats
 
 BOUNDS = ("belady", "oracle_lru", "infinite")
+CLASS_BOUNDS = tuple(f"bound:{name}" for name in CLASSIFIERS)
 MODES = ("sequential", "timed", "two_tier", "engine")
 
 _TRACE = flags.DEFINE_list(
@@ -77,18 +81,49 @@ _CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "engine: requests per wave
 
 
 def policy_names() -> list[str]:
-    return _POLICIES.value or [*all_policies(), *BOUNDS]
+    """The --policies, or every policy and bound (class bounds in sequential mode only)."""
+    sequential = _MODE.value == "sequential"
+    if _POLICIES.value:
+        asked = [p for p in _POLICIES.value if p in CLASS_BOUNDS]
+        if asked and not sequential:
+            raise app.UsageError(f"{asked} exist in sequential mode only")
+        return _POLICIES.value
+    return [*all_policies(), *BOUNDS, *(CLASS_BOUNDS if sequential else ())]
 
 
 def sim_rows(trace: Trace, policies: list[str], capacities: list[int], bar) -> list[dict]:
     """Replays ``trace`` once per (policy, capacity) in the chosen mode."""
     rows = []
+    iv = None  # the trace's reference intervals, for the class bounds
     for capacity in capacities:
         for policy in policies:
             bar.set_description(f"{trace.name} {policy} {capacity:,}")
-            rows.append(_sim_row(trace, policy, capacity))
+            if policy in CLASS_BOUNDS:
+                if iv is None:
+                    iv = intervals(trace)
+                rows.append(_class_bound_row(trace, iv, policy, capacity))
+            else:
+                rows.append(_sim_row(trace, policy, capacity))
             bar.update()
     return rows
+
+
+def _class_bound_row(trace: Trace, iv: Intervals, policy: str, capacity_tokens: int) -> dict:
+    start = time.perf_counter()
+    classes = CLASSIFIERS[policy.removeprefix("bound:")](iv)
+    bound = class_bound(iv, classes, capacity_tokens // trace.block_tokens)
+    return {
+        "trace": trace.name,
+        "policy": policy,
+        "mode": _MODE.value,
+        "capacity_tokens": capacity_tokens,
+        "token_hit_rate": bound.token_hit_rate,
+        "block_hit_rate": bound.block_hit_rate,
+        "runtime_s": time.perf_counter() - start,
+        "num_requests": iv.num_requests,
+        "num_classes": len(set(classes.tolist())),
+        "fill_request": bound.fill_request,
+    }
 
 
 def _sim_row(trace: Trace, policy: str, capacity_tokens: int) -> dict:

@@ -9,6 +9,8 @@
 * `pcjax.sim.timed` -- timed replay: arrivals, in-flight pinning, a prefill/decode duration model.
 * `pcjax.sim.belady` -- Belady's MIN with bypass (the offline bound) and the ``oracle_lru``
   yardstick; replay-only.
+* `pcjax.sim.headroom` -- class bounds: the best hit rate a policy could reach that sees only some
+  features of each block (its use count, the gap since its last use, ...).
 
 Start with ``experiments/compare_eviction.py`` and ``notebooks/eviction_policies.ipynb``.
 """
