@@ -193,14 +193,16 @@ def print_table(rows: list[dict]) -> None:
         infinite = next((r for r in sub if r["policy"] == "infinite"), None)
         if infinite:
             print(f"infinite-cache token hit rate {infinite['token_hit_rate']:.1%}")
-        print(f"{'policy':>10} " + " ".join(f"{c:>18,}" for c in caps))
-        for policy in dict.fromkeys(r["policy"] for r in sub):
+        policies = list(dict.fromkeys(r["policy"] for r in sub))
+        width = max(len(p) for p in policies)
+        print(f"{'policy':>{width}} " + " ".join(f"{c:>18,}" for c in caps))
+        for policy in policies:
             cells = []
             for c in caps:
                 r = next(x for x in sub if x["policy"] == policy and x["capacity_tokens"] == c)
                 frac = r.get("fraction_of_belady")
                 cells.append(f"{r['token_hit_rate']:.4f}" + (f" [{frac:.2f}]" if frac else ""))
-            print(f"{policy:>10} " + " ".join(f"{c:>18}" for c in cells))
+            print(f"{policy:>{width}} " + " ".join(f"{c:>18}" for c in cells))
 
 
 def _our_flags() -> dict:

@@ -81,11 +81,13 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 
 
 def all_policies() -> dict[str, type[EvictionPolicy]]:
-    """Every policy the engine can use, by name: these and those of `pcjax.cache.policies_extra`
-    (imported here, not at the top, because it subclasses `EvictionPolicy` from this module)."""
-    from pcjax.cache import policies_extra
+    """Every policy the engine can use, by name: these, those of `pcjax.cache.policies_extra` and
+    `pcjax.cache.learned_hold` (imported here, not at the top, because they subclass
+    `EvictionPolicy` from this module)."""
+    from pcjax.cache import learned_hold, policies_extra
 
-    return {**POLICIES, **policies_extra.POLICIES}
+    learned = learned_hold.LearnedHoldPolicy
+    return {**POLICIES, **policies_extra.POLICIES, learned.name: learned}
 
 
 def make_policy(name: str, *, tokens_per_unit: int = 1) -> EvictionPolicy:

@@ -111,7 +111,7 @@ class S3FIFOPolicy(EvictionPolicy):
         return node.policy_data[1]
 
     def on_insert(self, node: "Node", clock: int) -> None:
-        ids = _page_ids(node)
+        ids = prefix_page_ids(node)
         queue = MAIN if self.ghost.cached(ids) else SMALL
         node.policy_data = [queue, self._key(node, queue, clock), ids]
         self.pages[queue] += node.num_pages
@@ -172,7 +172,7 @@ class _Ghost:
                 self._ids.popitem(last=False)
 
 
-def _page_ids(node: "Node") -> list[int]:
+def prefix_page_ids(node: "Node") -> list[int]:
     """A hash of every page's whole prefix, chained from the parent's last page (the parent's
     ``policy_data[2]`` holds its own)."""
     parent = node.parent.policy_data if node.parent is not None else None
@@ -320,7 +320,7 @@ class DeadlinePolicy(EvictionPolicy):
         self.keep = max(self.min_keep, min(self.keep, 1.0))
 
     def on_insert(self, node: "Node", clock: int) -> None:
-        ids = _page_ids(node)
+        ids = prefix_page_ids(node)
         if self.kept_ghost.cached(ids):
             self._steer(caught=False)
         proven = int(self.ghost.cached(ids))

@@ -14,7 +14,8 @@ depend on ``c`` but not on ``g``. Holding costs ``min(g, T, N - s)`` block-reque
 requests in the trace) and hits iff ``g <= T``. Relaxing "at most ``C`` blocks at every moment"
 to "at most ``C`` blocks on average" makes the best choice a fractional knapsack: per class, the
 upper concave hull of (cost, hit tokens) over the hold times ``T`` (mixing two hold times at the
-margin), and the hull segments of all classes taken by slope until the budget is spent.
+margin), and the hull segments of all classes taken by slope until the budget is spent
+(`pcjax.cache.hold_knapsack`, which the ``learned_hold`` policy solves online).
 
 Two refinements keep the bound honest without costing its validity:
 
@@ -48,6 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pcjax.cache.hold_knapsack import allocate, holds
 from pcjax.sim.trace import Trace
 
 NEVER = -1  # gap of an interval whose block is not used again
@@ -168,40 +170,30 @@ def class_bound(iv: Intervals, classes: np.ndarray, capacity_blocks: int) -> Cla
     early_back = (iv.start < t_fill) & (iv.gap != NEVER)
     hits, blocks = float(iv.hit_tokens[early_back].sum()), float(early_back.sum())
     late = iv.start >= t_fill
-    segments = []
-    for c in np.unique(classes[late]):
+    curves = {}
+    for c in np.unique(classes[late]).tolist():
         mine = late & (classes == c)
-        back = mine & (iv.gap != NEVER)
-        never = mine & (iv.gap == NEVER)
-        segments += _hull_segments(
-            int(c), iv.gap[back], iv.hit_tokens[back], iv.num_requests - iv.start[never]
-        )
-    segments.sort(key=lambda s: -s[0])
-    budget = float(capacity_blocks) * (iv.num_requests - t_fill)
-    holds: dict[int, tuple[int, int, float]] = {}
-    for _, c, (c0, h0, b0, t0), (c1, h1, b1, t1) in segments:
-        if budget <= 0:
-            break
-        share = min(1.0, budget / (c1 - c0))
-        hits += share * (h1 - h0)
-        blocks += share * (b1 - b0)
-        budget -= share * (c1 - c0)
-        holds[c] = (t0, t1, share)
+        back, never = mine & (iv.gap != NEVER), mine & (iv.gap == NEVER)
+        horizons = iv.num_requests - iv.start[never]
+        curves[c] = hold_points(iv.gap[back], iv.hit_tokens[back], horizons)
+    steps = allocate(curves, float(capacity_blocks) * (iv.num_requests - t_fill))
+    for step in steps:
+        hits += step.share * (step.b[1] - step.a[1])
+        blocks += step.share * (step.b[2] - step.a[2])
     return ClassBound(
         hits / max(iv.total_tokens, 1),
         blocks / max(len(iv.start), 1),
         hits,
         blocks,
         t_fill,
-        holds,
+        holds(steps),
     )
 
 
-def _hull_segments(c: int, gaps: np.ndarray, tokens: np.ndarray, horizons: np.ndarray) -> list:
-    """Segments ``(slope, class, a, b)`` of the upper concave hull of (cost, hit tokens) over the
-    hold times T in {0} and the return gaps; ``a`` and ``b`` are ``(cost, hit tokens, hit
-    blocks, T)``. The returns have ``gaps`` and ``tokens``; the intervals that never return are
-    held at most their ``horizons``."""
+def hold_points(gaps: np.ndarray, tokens: np.ndarray, horizons: np.ndarray) -> list[tuple]:
+    """A class's hold points ``(cost, hit tokens, hit blocks, T)`` for T in {0} and its return
+    gaps: the returns have ``gaps`` and ``tokens``; the intervals that never return are held at
+    most their ``horizons`` (the requests left in the trace)."""
     order = np.argsort(gaps, kind="stable")
     gaps, tokens = gaps[order], tokens[order]
     ts = np.concatenate([[0], gaps])  # T = the i-th smallest gap catches the first i returns
@@ -211,22 +203,7 @@ def _hull_segments(c: int, gaps: np.ndarray, tokens: np.ndarray, horizons: np.nd
     horizons = np.sort(horizons)
     below = np.searchsorted(horizons, ts, side="right")  # never-returners that end before T
     cost = cost + np.concatenate([[0], np.cumsum(horizons)])[below] + (len(horizons) - below) * ts
-    points = zip(cost.tolist(), hit.tolist(), caught.tolist(), ts.tolist(), strict=True)
-    hull: list[tuple[float, float, int, int]] = [next(points)]  # T = 0: (0, 0, 0, 0)
-    for point in points:
-        while len(hull) >= 2 and _not_above(hull[-2], hull[-1], point):
-            hull.pop()
-        hull.append(point)
-    return [
-        ((b[1] - a[1]) / (b[0] - a[0]), c, a, b)
-        for a, b in zip(hull, hull[1:], strict=False)
-        if b[0] > a[0] and b[1] > a[1]
-    ]
-
-
-def _not_above(a, b, p) -> bool:
-    """Whether ``b`` lies on or below the chord from ``a`` to ``p`` (so it leaves the hull)."""
-    return (b[1] - a[1]) * (p[0] - a[0]) <= (p[1] - a[1]) * (b[0] - a[0])
+    return list(zip(cost.tolist(), hit.tolist(), caught.tolist(), ts.tolist(), strict=True))
 
 
 def class_bounds(trace: Trace, capacity_blocks: int, names=tuple(CLASSIFIERS)) -> dict[str, float]:

@@ -199,7 +199,7 @@ def test_integrity_catches_a_broken_host_counter_and_a_device_node_under_a_host_
     assert tree.pool.state[child.pages[0]] == PageState.CACHED
 
 
-@pytest.mark.parametrize("policy", ["slru", "s3fifo", "gdsf", "deadline"])
+@pytest.mark.parametrize("policy", ["slru", "s3fifo", "gdsf", "deadline", "learned_hold"])
 def test_stateful_policies_split_and_rank_host_only_nodes(policy):
     """A match ending inside a host-only node splits it: policies must size it by num_pages."""
     tree = make_tiered(page_size=2, device=4, host=4, policy=policy)
@@ -209,7 +209,7 @@ def test_stateful_policies_split_and_rank_host_only_nodes(policy):
     m = tree.match("abcX")  # ends after "ab": splits the host-only node
     assert m.num_tokens == 0 and len(m.host_slots) == 1
     prefix, suffix = m.host_node, next(iter(m.host_node.children.values()))
-    per_page_ids = policy in ("s3fifo", "deadline")  # policy state follows the device tier
+    per_page_ids = policy in ("s3fifo", "deadline", "learned_hold")  # state follows the device
     if per_page_ids:
         assert len(prefix.policy_data[2]) == len(prefix.pages) == 0
         assert len(suffix.policy_data[2]) == len(suffix.pages) == 0

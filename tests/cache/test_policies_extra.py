@@ -1,5 +1,6 @@
 """SLRU, S3-FIFO, GDSF and deadline: victim order on hand-made sequences, their adaptive state,
-the registry, and the key contract under random operations (page sizes 1, 3 and 16)."""
+the registry, and the key contract under random operations (page sizes 1, 3 and 16; these also
+run learned_hold, whose own tests are in test_learned_hold.py)."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from tests.cache.test_policies import eviction_order
 from tests.cache.test_radix_tree_model import CAPACITY, TreeMachine
 from tests.cache.tree_utils import check, make_tree
 
-EXTRA = ["slru", "s3fifo", "gdsf", "deadline"]
+EXTRA = ["slru", "s3fifo", "gdsf", "deadline", "learned_hold"]
 
 
 def build(policy, steps, capacity=32):

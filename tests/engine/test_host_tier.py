@@ -100,7 +100,7 @@ def test_swap_space_too_small_for_one_page_is_rejected():
         make_engine(swap_space=PAGE_BYTES / 1e9)
 
 
-@pytest.mark.parametrize("policy", ["slru", "s3fifo", "gdsf", "deadline"])
+@pytest.mark.parametrize("policy", ["slru", "s3fifo", "gdsf", "deadline", "learned_hold"])
 def test_stateful_policies_with_a_host_tier_keep_outputs(prompts, reference_tokens, policy):
     """Size- and state-aware policies also rank host-only nodes (no device pages)."""
     engine = make_engine(
