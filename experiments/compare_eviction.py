@@ -6,7 +6,9 @@ One row per (trace, policy, capacity) goes to ``<workdir>/compare_eviction_<mode
 policy, ``belady`` (the offline bound with bypass), ``oracle_lru`` (LRU that admits only blocks
 used again: what perfect dead-block prediction would buy), ``infinite`` (no eviction at all) and,
 in sequential mode, the class bounds ``bound:<classifier>`` (`pcjax.sim.headroom`: the most any
-policy could reach that sees only those features of a block, e.g. ``bound:uses``, its use count).
+policy could reach that sees only those features of a block, e.g. ``bound:uses``, its use count)
+and ``hindsight:<classifier>``, the replay of each bound's hold times (what that information buys
+in practice when the best hold times are known).
 
     # the full table: both Mooncake traces, every policy, 1M / 3M / 10M tokens
     python -m experiments.compare_eviction --trace=conversation,synthetic --workdir=workdir/evict
@@ -42,13 +44,15 @@ from tqdm.auto import tqdm
 
 from pcjax.cache.policies import all_policies
 from pcjax.sim.headroom import CLASSIFIERS, Intervals, class_bound, intervals
-from pcjax.sim.replay import replay
+from pcjax.sim.replay import HINDSIGHT, replay
 from pcjax.sim.sources import open_trace
 from pcjax.sim.timed import DurationModel, replay_timed
 from pcjax.sim.trace import TRACES_DIR, Trace, trace_stats
 
 BOUNDS = ("belady", "oracle_lru", "infinite")
 CLASS_BOUNDS = tuple(f"bound:{name}" for name in CLASSIFIERS)
+HINDSIGHT_HOLDS = tuple(f"{HINDSIGHT}{name}" for name in CLASSIFIERS)
+SEQUENTIAL_ONLY = CLASS_BOUNDS + HINDSIGHT_HOLDS
 MODES = ("sequential", "timed", "two_tier", "engine")
 
 _TRACE = flags.DEFINE_list(
@@ -81,14 +85,15 @@ _CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "engine: requests per wave
 
 
 def policy_names() -> list[str]:
-    """The --policies, or every policy and bound (class bounds in sequential mode only)."""
+    """The --policies, or every policy and bound (class bounds and their hindsight replays in
+    sequential mode only)."""
     sequential = _MODE.value == "sequential"
     if _POLICIES.value:
-        asked = [p for p in _POLICIES.value if p in CLASS_BOUNDS]
+        asked = [p for p in _POLICIES.value if p in SEQUENTIAL_ONLY]
         if asked and not sequential:
             raise app.UsageError(f"{asked} exist in sequential mode only")
         return _POLICIES.value
-    return [*all_policies(), *BOUNDS, *(CLASS_BOUNDS if sequential else ())]
+    return [*all_policies(), *BOUNDS, *(SEQUENTIAL_ONLY if sequential else ())]
 
 
 def sim_rows(trace: Trace, policies: list[str], capacities: list[int], bar) -> list[dict]:

@@ -41,16 +41,23 @@ Classifiers (`CLASSIFIERS`, all from the past only):
 * ``uses+gap``: ``uses`` and log2 of the requests since the block's previous use.
 * ``uses+gap+size``: that and log2 of the request's length in blocks.
 
+`HoldOracle` replays a bound's hold times for real (``policy="hindsight:<classifier>"``): how
+much of the bound survives the per-moment capacity and admission.
+
 Host-only numpy; a bound for replay, never an engine policy.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from pcjax.cache.hold_knapsack import allocate, holds
+from pcjax.cache.policies import EvictionPolicy
 from pcjax.sim.trace import Trace
+
+if TYPE_CHECKING:
+    from pcjax.cache.base import Node
 
 NEVER = -1  # gap of an interval whose block is not used again
 
@@ -210,3 +217,70 @@ def class_bounds(trace: Trace, capacity_blocks: int, names=tuple(CLASSIFIERS)) -
     """Token hit rate bound per classifier name at one capacity."""
     iv = intervals(trace)
     return {n: class_bound(iv, CLASSIFIERS[n](iv), capacity_blocks).token_hit_rate for n in names}
+
+
+class HindsightHoldPolicy(EvictionPolicy):
+    """Holds each block for the hold time of its reference's class, as a `HoldOracle` says.
+
+    Replay-only (``page_size=1``: a node's key units are block ids). The clock is the request
+    index: a leaf used at request ``i`` gets the deadline ``i + T`` (key ``(1, i + T)``) and a
+    leaf with nothing to hold for goes first (``(0, i)``), as in ``learned_hold``.
+    """
+
+    name = "hindsight"
+
+    def __init__(self, holds: dict[int, tuple[float, float, float]]):
+        self.holds = holds
+        self.request = 0
+        self.classes: dict[int, int] = {}  # block id -> class of its reference in this request
+
+    def key(self, node: "Node") -> tuple[int, float]:
+        return node.policy_data
+
+    def on_insert(self, node: "Node", clock: int) -> None:
+        self.on_access(node, clock)
+
+    def on_access(self, node: "Node", clock: int) -> None:
+        block = node.key[0]
+        low, high, share = self.holds.get(self.classes.get(block, -1), (0, 0, 0.0))
+        hold = high if (block * 2654435761 % 2**32) / 2**32 < share else low
+        node.policy_data = (1, self.request + hold) if hold > 0 else (0, self.request)
+
+    def on_split(self, prefix: "Node", suffix: "Node") -> None:
+        prefix.policy_data = suffix.policy_data
+
+
+class HoldOracle:
+    """The hold times of a class bound, taken in hindsight and replayed for real.
+
+    The bound prices each interval alone against an average capacity; the replay holds the same
+    classes for the same times against the cache's room at every moment, evicting by earliest
+    deadline, with every missed block admitted as an online policy must. Its hit rate is what
+    the bound's information buys in practice, the best hold times being known; `replay` makes
+    one for ``policy="hindsight:<classifier>"``.
+    """
+
+    def __init__(self, trace: Trace, classifier: str, capacity_blocks: int):
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {classifier!r}; known: {sorted(CLASSIFIERS)}")
+        iv = intervals(trace)
+        self.classes = CLASSIFIERS[classifier](iv)
+        self.bound = class_bound(iv, self.classes, capacity_blocks)
+        self.requests = trace.requests
+        self.offsets = np.searchsorted(iv.start, np.arange(len(trace.requests)))
+        self.policy = HindsightHoldPolicy(self.bound.holds)
+        self.policy.name = f"hindsight:{classifier}"
+
+    def advance(self, i: int) -> None:
+        """Request ``i`` is next: the policy learns its blocks' classes."""
+        ids = self.requests[i].block_ids
+        start = int(self.offsets[i])
+        self.policy.request = i
+        self.policy.classes = dict(
+            zip(ids, self.classes[start : start + len(ids)].tolist(), strict=True)
+        )
+
+    def admit_count(self, tree, ids: tuple, d: int) -> int:
+        """Every missed block, as an online policy admits them."""
+        del tree
+        return len(ids) - d

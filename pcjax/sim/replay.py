@@ -35,7 +35,10 @@ from pcjax.cache.page_pool import PagePool
 from pcjax.cache.policies import EvictionPolicy, make_policy
 from pcjax.cache.radix_tree import RadixTree
 from pcjax.sim.belady import ORACLES, BeladyOracle
+from pcjax.sim.headroom import HoldOracle
 from pcjax.sim.trace import Request, Trace
+
+HINDSIGHT = "hindsight:"  # policy="hindsight:<classifier>": a class bound's hold times
 
 
 class ReplayResult(NamedTuple):
@@ -173,12 +176,13 @@ def replay(
     """Replays ``trace`` sequentially (see the module docstring) and counts hits.
 
     Args:
-      policy: an engine policy name or object, "belady" (the offline bound with bypass) or
-        "oracle_lru" (LRU admitting only blocks that are used again).
+      policy: an engine policy name or object, "belady" (the offline bound with bypass),
+        "oracle_lru" (LRU admitting only blocks that are used again) or "hindsight:<classifier>"
+        (the hold times of that class bound, `pcjax.sim.headroom`).
       host_capacity_blocks: > 0 adds the host tier (two-tier mode).
       check_every: check tree and pool integrity every that many requests (0: never).
     """
-    policy, oracle = resolve_policy(policy, trace)
+    policy, oracle = resolve_policy(policy, trace, capacity_blocks)
     host = None
     if host_capacity_blocks > 0:
         host = HostTier(host_capacity_blocks, host_policy, trace.block_tokens)
@@ -197,14 +201,22 @@ def replay(
     return tally.result(trace, policy.name, capacity_blocks, cache.evicted, seconds)
 
 
-def resolve_policy(policy, trace: Trace) -> tuple[EvictionPolicy, BeladyOracle | None]:
+def resolve_policy(
+    policy, trace: Trace, capacity_blocks: int | None = None
+) -> tuple[EvictionPolicy, BeladyOracle | HoldOracle | None]:
     """A policy object for ``policy`` (a name or an object), and its oracle for the replay-only
-    "belady" and "oracle_lru" (`pcjax.sim.belady`), None otherwise.
+    "belady", "oracle_lru" (`pcjax.sim.belady`) and "hindsight:<classifier>" (the hold times of
+    a class bound at ``capacity_blocks``, `pcjax.sim.headroom`), None otherwise.
 
     Token-aware policies (GDSF) are told that one key unit is ``trace.block_tokens`` tokens.
     """
     if isinstance(policy, str) and policy in ORACLES:
         oracle = ORACLES[policy](trace)
+        return oracle.policy, oracle
+    if isinstance(policy, str) and policy.startswith(HINDSIGHT):
+        if capacity_blocks is None:
+            raise ValueError(f"{policy} needs the capacity: sequential replay only")
+        oracle = HoldOracle(trace, policy.removeprefix(HINDSIGHT), capacity_blocks)
         return oracle.policy, oracle
     if isinstance(policy, str):
         return make_policy(policy, tokens_per_unit=trace.block_tokens), None

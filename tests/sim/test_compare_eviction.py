@@ -33,10 +33,12 @@ def test_compare_eviction_writes_one_row_per_trace_policy_capacity(tmp_path, mod
     policies = {r["policy"] for r in rows}
     assert {"lru", "deadline", "belady", "oracle_lru", "infinite"} <= policies
     class_bounds = {p for p in policies if p.startswith("bound:")}
+    hindsight = {p for p in policies if p.startswith("hindsight:")}
     if mode == "sequential":
         assert {"bound:none", "bound:uses", "bound:uses+gap"} <= class_bounds
+        assert {p.replace("bound:", "hindsight:") for p in class_bounds} == hindsight
     else:
-        assert not class_bounds
+        assert not class_bounds and not hindsight
     assert len(rows) == 2 * len(policies)
     assert all(r.keys() >= FIELDS and r["num_requests"] == 100 for r in rows)
     for r in rows:

@@ -1,10 +1,13 @@
-"""The class bound (`pcjax.sim.headroom`): a worked example, its limits, refinement never hurts."""
+"""The class bound (`pcjax.sim.headroom`): worked examples, its limits, refinement never hurts,
+and the hindsight replay of its hold times."""
 
 import numpy as np
 import pytest
 
 from pcjax.sim.generators import generate
 from pcjax.sim.headroom import CLASSIFIERS, NEVER, class_bound, intervals
+from pcjax.sim.replay import replay
+from pcjax.sim.timed import replay_timed
 from pcjax.sim.trace import trace_stats
 from tests.sim.hand_traces import make_trace
 
@@ -83,3 +86,28 @@ def test_rejects_classes_of_the_wrong_length():
     iv = intervals(make_trace("ab", "ab"))
     with pytest.raises(ValueError, match="3 classes for 4 intervals"):
         class_bound(iv, np.zeros(3, np.int64), 1)
+
+
+def test_hindsight_replay_of_a_bound_on_a_cycle():
+    """ "a b c a b c", capacity 2: LRU thrashes (0 hits), Belady bypasses "c" and hits "a" and
+    "b" (2). The ``uses`` bound counts a@0 as a free warm-up hit (the cache fills at request 1)
+    and holds class 1 (b@1, c@2, back after 3 requests, cost 6 of a budget of 2 * 5) for 3
+    hits: above Belady, as the average-capacity relaxation allows. Replayed for real, class 1
+    held 3 requests and class 2 not at all: "c" evicts "a" (earliest deadline), "a" evicts "b",
+    "b" evicts "a" (class 2, not held), and "c" hits: 1."""
+    trace = make_trace("a", "b", "c", "a", "b", "c")
+    iv = intervals(trace)
+    bound = class_bound(iv, CLASSIFIERS["uses"](iv), capacity_blocks=2)
+    assert bound.hit_tokens == 3 and bound.holds == {1: (0, 3, 1.0)}
+    hits = {p: replay(trace, 2, p, check_every=1).hit_blocks for p in ("lru", "belady")}
+    hindsight = replay(trace, 2, "hindsight:uses", check_every=1)
+    assert (hits["lru"], hindsight.hit_blocks, hits["belady"]) == (0, 1, 2)
+    assert hindsight.policy == "hindsight:uses"
+
+
+def test_hindsight_needs_a_known_classifier_and_sequential_replay():
+    trace = make_trace("a", "b")
+    with pytest.raises(ValueError, match="unknown classifier 'nope'"):
+        replay(trace, 2, "hindsight:nope")
+    with pytest.raises(ValueError, match="sequential replay only"):
+        replay_timed(trace, 2, "hindsight:uses")
