@@ -17,9 +17,9 @@ the curves as it runs and solves the same knapsack (`pcjax.cache.hold_knapsack`)
   ``T`` and costs their ages plus ``T`` for every other interval, per tick since the start.
 * **Refit.** Once the cache has evicted ``warmup`` times its size, and after every further
   ``refit_share`` of it, the knapsack spends the cache's pages on those curves: per class a hold
-  time ``T``, or for the one class on the margin whose shorter hold is 0, a ``share`` of its
-  leaves held for ``T`` (an admission share, as in bimodal insertion). Before the first refit
-  the policy is LRU.
+  time ``T``. The one class on the margin is held for a time in between its two hull points or,
+  if the shorter one is 0, a ``share`` of its leaves is held (an admission share, as in bimodal
+  insertion). Before the first refit the policy is LRU.
 * **Keys.** A leaf gets the deadline ``last_access + T`` of its class (the share on the margin
   chosen by a hash of its first page); the earliest deadline goes first, and leaves with nothing
   to hold for (``T = 0``) before any deadline, oldest first. As in ``deadline``, a branch a
@@ -30,10 +30,11 @@ The class of a leaf is that of its first page (the most used one: pages are cut 
 diverge). Statistics are cumulative, so a long run adapts ever more slowly to a change of traffic.
 
 Evidence (token hit rate, sequential replay, ``experiments/compare_eviction.py``): conversation
-1M / 3M / 10M tokens 0.0905 / 0.1739 / 0.3024 (LRU 0.0543 / 0.1387 / 0.2908; ``deadline`` 0.0876 /
+1M / 3M / 10M tokens 0.0909 / 0.1726 / 0.3023 (LRU 0.0543 / 0.1387 / 0.2908; ``deadline`` 0.0876 /
 0.1735 / 0.3055); synthetic 0.1531 / 0.3236 / 0.5789 (LRU 0.1451 / 0.3151 / 0.5770), with no
-constant tuned to either trace. The same policy with the hold times of the class bound taken in
-hindsight reaches 0.1771 on conversation at 3M: what seeing the use count can buy in practice.
+constant tuned to either trace. The class bound's own hold times, known in hindsight and
+replayed (``hindsight:uses``), reach 0.1770 on conversation at 3M: about all that seeing the use
+count buys in practice, against a relaxed bound of 0.1995 (``bound:uses``).
 
 ``policy_data``: ``[key, superseded, page_ids, cls, hits]``, ``hits`` being ``node.hits`` at the
 node's latest recorded use (a hit is a use; an insert reaching the node is not). With a host
