@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from pcjax.cache import hold_knapsack
 from pcjax.cache.policies import EvictionPolicy
-from pcjax.cache.policies_extra import prefix_page_ids
+from pcjax.cache.policies_extra import prefix_page_ids, share_point
 
 if TYPE_CHECKING:
     from pcjax.cache.base import Node
@@ -140,7 +140,7 @@ class LearnedHoldPolicy(EvictionPolicy):
         if self.holds is None:
             return (1, clock)  # LRU until the first refit
         low, high, share = self.holds.get(cls, (0.0, 0.0, 0.0))
-        hold = high if page_ids and (page_ids[0] % 65521) / 65521 < share else low
+        hold = high if page_ids and share_point(page_ids[0]) < share else low
         return (1, clock + hold) if hold > 0 else (0, clock)
 
     def on_insert(self, node: "Node", clock: int) -> None:

@@ -172,6 +172,12 @@ class _Ghost:
                 self._ids.popitem(last=False)
 
 
+def share_point(page_id: int) -> float:
+    """A page's fixed point in [0, 1): a policy that keeps a share ``s`` of some leaves keeps
+    those whose first page falls below ``s``, the same ones every time."""
+    return (page_id % 65521) / 65521
+
+
 def prefix_page_ids(node: "Node") -> list[int]:
     """A hash of every page's whole prefix, chained from the parent's last page (the parent's
     ``policy_data[2]`` holds its own)."""
@@ -327,7 +333,7 @@ class DeadlinePolicy(EvictionPolicy):
         if self.kept_ghost.cached(ids):
             self._steer(caught=False)
         proven = int(self.ghost.cached(ids))
-        shed = not proven and (ids[0] % 65521) / 65521 >= self.keep
+        shed = not proven and share_point(ids[0]) >= self.keep
         data = [None, False, ids, proven, shed]
         data[0] = self._deadline(node, data, clock)
         node.policy_data = data

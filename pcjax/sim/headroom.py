@@ -213,12 +213,6 @@ def hold_points(gaps: np.ndarray, tokens: np.ndarray, horizons: np.ndarray) -> l
     return list(zip(cost.tolist(), hit.tolist(), caught.tolist(), ts.tolist(), strict=True))
 
 
-def class_bounds(trace: Trace, capacity_blocks: int, names=tuple(CLASSIFIERS)) -> dict[str, float]:
-    """Token hit rate bound per classifier name at one capacity."""
-    iv = intervals(trace)
-    return {n: class_bound(iv, CLASSIFIERS[n](iv), capacity_blocks).token_hit_rate for n in names}
-
-
 class HindsightHoldPolicy(EvictionPolicy):
     """Holds each block for the hold time of its reference's class, as a `HoldOracle` says.
 
