@@ -43,7 +43,7 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from pcjax.cache.policies import all_policies
-from pcjax.sim.headroom import CLASSIFIERS, Intervals, class_bound, intervals
+from pcjax.sim.headroom import CLASSIFIERS, HoldOracle, Intervals, class_bound, intervals
 from pcjax.sim.replay import HINDSIGHT, replay
 from pcjax.sim.sources import open_trace
 from pcjax.sim.timed import DurationModel, replay_timed
@@ -99,14 +99,18 @@ def policy_names() -> list[str]:
 def sim_rows(trace: Trace, policies: list[str], capacities: list[int], bar) -> list[dict]:
     """Replays ``trace`` once per (policy, capacity) in the chosen mode."""
     rows = []
-    iv = None  # the trace's reference intervals, for the class bounds
+    iv = None  # the trace's reference intervals, for the class bounds and their hindsight
     for capacity in capacities:
         for policy in policies:
             bar.set_description(f"{trace.name} {policy} {capacity:,}")
+            if policy in SEQUENTIAL_ONLY and iv is None:
+                iv = intervals(trace)
             if policy in CLASS_BOUNDS:
-                if iv is None:
-                    iv = intervals(trace)
                 rows.append(_class_bound_row(trace, iv, policy, capacity))
+            elif policy in HINDSIGHT_HOLDS:
+                blocks = capacity // trace.block_tokens
+                oracle = HoldOracle(trace, policy.removeprefix(HINDSIGHT), blocks, iv)
+                rows.append(_sim_row(trace, policy, capacity, run_as=oracle))
             else:
                 rows.append(_sim_row(trace, policy, capacity))
             bar.update()
@@ -131,7 +135,9 @@ def _class_bound_row(trace: Trace, iv: Intervals, policy: str, capacity_tokens: 
     }
 
 
-def _sim_row(trace: Trace, policy: str, capacity_tokens: int) -> dict:
+def _sim_row(trace: Trace, policy: str, capacity_tokens: int, run_as=None) -> dict:
+    """One replay row; ``run_as``: the policy or oracle object to replay under ``policy``'s name
+    (default: the name itself)."""
     blocks = capacity_tokens // trace.block_tokens
     if policy == "infinite":
         return _infinite_row(trace, capacity_tokens)
@@ -144,7 +150,7 @@ def _sim_row(trace: Trace, policy: str, capacity_tokens: int) -> dict:
         result = replay(
             trace,
             blocks,
-            policy,
+            policy if run_as is None else run_as,
             host_capacity_blocks=host,
             host_policy=_HOST_POLICY.value,
             write_through=_WRITE_THROUGH.value,

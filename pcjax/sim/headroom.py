@@ -251,13 +251,16 @@ class HoldOracle:
     classes for the same times against the cache's room at every moment, evicting by earliest
     deadline, with every missed block admitted as an online policy must. Its hit rate is what
     the bound's information buys in practice, the best hold times being known; `replay` makes
-    one for ``policy="hindsight:<classifier>"``.
+    one for ``policy="hindsight:<classifier>"``, or takes one made here.
     """
 
-    def __init__(self, trace: Trace, classifier: str, capacity_blocks: int):
+    def __init__(
+        self, trace: Trace, classifier: str, capacity_blocks: int, iv: Intervals | None = None
+    ):
+        """``iv``: ``intervals(trace)``, if the caller has it already."""
         if classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {classifier!r}; known: {sorted(CLASSIFIERS)}")
-        iv = intervals(trace)
+        iv = intervals(trace) if iv is None else iv
         self.classes = CLASSIFIERS[classifier](iv)
         self.bound = class_bound(iv, self.classes, capacity_blocks)
         self.requests = trace.requests

@@ -165,7 +165,7 @@ def path_key(node: Node) -> tuple:
 def replay(
     trace: Trace,
     capacity_blocks: int,
-    policy: str | EvictionPolicy,
+    policy: str | EvictionPolicy | BeladyOracle | HoldOracle,
     *,
     host_capacity_blocks: int = 0,
     host_policy: str = "lru",
@@ -178,7 +178,7 @@ def replay(
     Args:
       policy: an engine policy name or object, "belady" (the offline bound with bypass),
         "oracle_lru" (LRU admitting only blocks that are used again) or "hindsight:<classifier>"
-        (the hold times of that class bound, `pcjax.sim.headroom`).
+        (the hold times of that class bound, `pcjax.sim.headroom`), or an oracle object.
       host_capacity_blocks: > 0 adds the host tier (two-tier mode).
       check_every: check tree and pool integrity every that many requests (0: never).
     """
@@ -204,12 +204,15 @@ def replay(
 def resolve_policy(
     policy, trace: Trace, capacity_blocks: int | None = None
 ) -> tuple[EvictionPolicy, BeladyOracle | HoldOracle | None]:
-    """A policy object for ``policy`` (a name or an object), and its oracle for the replay-only
-    "belady", "oracle_lru" (`pcjax.sim.belady`) and "hindsight:<classifier>" (the hold times of
-    a class bound at ``capacity_blocks``, `pcjax.sim.headroom`), None otherwise.
+    """A policy object for ``policy`` (a name, a policy object or an oracle), and its oracle for
+    the replay-only "belady", "oracle_lru" (`pcjax.sim.belady`) and "hindsight:<classifier>"
+    (the hold times of a class bound at ``capacity_blocks``, `pcjax.sim.headroom`), None
+    otherwise.
 
     Token-aware policies (GDSF) are told that one key unit is ``trace.block_tokens`` tokens.
     """
+    if isinstance(policy, (BeladyOracle, HoldOracle)):
+        return policy.policy, policy
     if isinstance(policy, str) and policy in ORACLES:
         oracle = ORACLES[policy](trace)
         return oracle.policy, oracle
