@@ -6,6 +6,7 @@ tokens (in chunks) -> the prompt's pages go into the tree -> decode loop -> the 
 written go into the tree, duplicate and tail pages are freed -> unlock.
 """
 
+import dataclasses
 import itertools
 import time
 
@@ -230,6 +231,50 @@ class Engine:
                     bar.update(1)
         return [outputs[req.request_id] for req in requests]
 
+    def chat(
+        self,
+        conversations,
+        sampling_params=None,
+        *,
+        add_generation_prompt: bool = True,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Renders each conversation with the model's chat template and generates a reply.
+
+        Args:
+          conversations: one conversation (a list of ``{"role": ..., "content": ...}`` dicts) or
+            a list of them. A later turn shares the rendered text of the earlier ones, so its
+            prompt hits the pages those turns left in the prefix cache.
+          sampling_params: as in `generate`.
+          add_generation_prompt: end the rendered prompt with the assistant's header.
+
+        Returns one output per conversation, in order (``prompt`` is the rendered text). As in
+        vLLM, the rendered text is tokenized without adding special tokens: the template places
+        them.
+        """
+        texts = [
+            self.render_chat(conv, add_generation_prompt)
+            for conv in _as_conversations(conversations)
+        ]
+        prompts = [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return [
+            dataclasses.replace(out, prompt=text) for out, text in zip(outputs, texts, strict=True)
+        ]
+
+    def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
+        """One conversation as prompt text, through the tokenizer's Jinja chat template.
+
+        >>> engine.render_chat([{"role": "user", "content": "Hi"}])  # a preset: plain ChatML
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        if self.tokenizer is None or not self.model.chat_template:
+            raise ValueError(f"model {self.model.name!r} has no chat template")
+        _check_messages(messages)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
     # ------------------------------------------------------------------------------- metrics
 
     def stats(self) -> dict:
@@ -281,6 +326,25 @@ def _as_prompt_list(prompts) -> list:
     if not prompts:
         raise ValueError("no prompts given")
     return prompts
+
+
+def _as_conversations(conversations) -> list[list[dict]]:
+    conversations = list(conversations)
+    if not conversations:
+        raise ValueError("no conversations given")
+    if all(isinstance(m, dict) for m in conversations):
+        return [conversations]  # one conversation
+    return [list(conv) for conv in conversations]
+
+
+def _check_messages(messages) -> None:
+    if not messages:
+        raise ValueError("a conversation needs at least one message")
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"a message must be a dict with string 'content', got {message!r}")
+        if message.get("role") not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"unknown message role {message.get('role')!r}")
 
 
 def _as_params_list(sampling_params, num_prompts: int) -> list[SamplingParams]:

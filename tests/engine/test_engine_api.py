@@ -134,3 +134,35 @@ def test_engine_config_errors():
         make_engine(num_pages=5)
     with pytest.raises(ValueError, match="eviction_policy"):
         make_engine(eviction_policy="random")
+
+
+def test_chat_renders_the_template_and_later_turns_hit_the_cache():
+    engine = make_engine(max_model_len=320, num_pages=96)
+    turn1 = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hi"},
+    ]
+    first = engine.chat(turn1, GREEDY, use_tqdm=False)[0]
+    assert first.prompt == engine.render_chat(turn1)
+    assert first.prompt.endswith("<|im_start|>assistant\n")
+    assert first.prompt_token_ids == engine.tokenizer.encode(first.prompt, add_special_tokens=False)
+    turn2 = [*turn1, {"role": "assistant", "content": first.text}, {"role": "user", "content": "?"}]
+    second = engine.chat([turn2], GREEDY, use_tqdm=False)[0]
+    assert second.num_cached_tokens >= engine.config.page_size
+    assert second.prompt.startswith(first.prompt)
+    engine.check_integrity()
+
+
+@pytest.mark.parametrize(
+    "conversation, message",
+    [
+        ([], "no conversations"),
+        ([{"role": "robot", "content": "x"}], "role"),
+        ([{"role": "user"}], "content"),
+        ([[]], "at least one message"),
+    ],
+)
+def test_chat_rejects_malformed_conversations(engine, conversation, message):
+    with pytest.raises(ValueError, match=message):
+        engine.chat(conversation, GREEDY, use_tqdm=False)
+    assert not engine.has_unfinished_requests()
