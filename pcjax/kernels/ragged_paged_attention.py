@@ -73,7 +73,8 @@ def ref_ragged_paged_attention(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
 ) -> jax.Array:  # f[T, N, H]
-    """The specification: gathers each sequence's pages and runs masked softmax attention in f32."""
+    """The specification: gathers each sequence's pages and runs masked softmax attention in f32
+    (full-precision f32 dots, also where the platform's default would be TF32)."""
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_pages.shape
     num_seqs, pages_per_seq = md.page_table.shape
@@ -100,14 +101,16 @@ def ref_ragged_paged_attention(
     k = jnp.where(kv_valid[:, :, None, None], k, 0).astype(jnp.float32)
     v = jnp.where(kv_valid[:, :, None, None], v, 0).astype(jnp.float32)
 
-    scores = jnp.einsum("bqkgh,bskh->bkgqs", qb, k) * sm_scale  # f32[B, K, G, Q, S]
+    # HIGHEST: full f32 dots on every platform (GPUs default to TF32 for f32 dots).
+    hi = jax.lax.Precision.HIGHEST
+    scores = jnp.einsum("bqkgh,bskh->bkgqs", qb, k, precision=hi) * sm_scale  # f32[B,K,G,Q,S]
     if soft_cap is not None:
         scores = soft_cap * jnp.tanh(scores / soft_cap)
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
     probs = jnp.where(mask[:, None, None], probs, 0)
     denom = jnp.maximum(probs.sum(axis=-1, keepdims=True), 1e-30)
-    out = jnp.einsum("bkgqs,bskh->bqkgh", probs / denom, v)  # f32[B, Q, K, G, H]
+    out = jnp.einsum("bkgqs,bskh->bqkgh", probs / denom, v, precision=hi)  # f32[B, Q, K, G, H]
     out = out.reshape(num_seqs * max_q, num_heads, head_dim).astype(q.dtype)
     flat = jnp.zeros_like(q)
     return flat.at[q_index.reshape(-1)].set(out, mode="drop")

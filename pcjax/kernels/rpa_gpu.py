@@ -4,168 +4,170 @@ Semantics: exactly `pcjax.kernels.ragged_paged_attention` (ragged mix of decode 
 chunks, causal over cached + new tokens, GQA, optional sliding window and soft cap).
 
 Why Triton and not Mosaic GPU. Across the supported range (jax 0.11.2 ... 0.12) the Triton lowering
-has a stable, small surface: `pallas_call` with BlockSpecs, scalar and gathered loads by pointer
-arithmetic, `dot`, and `fori_loop` with dynamic bounds (lowered to `scf.for`, which Triton software
-pipelines). It runs on any CUDA GPU the jax wheels support. Mosaic GPU needs Hopper or newer,
-warpgroup-level code with explicit TMA copies and barriers, and its API changed between those
-releases; a paged gather (one TMA descriptor per page) is also awkward there. Pallas' Triton
-backend is deprecated in both 0.11.2 and 0.12 (a DeprecationWarning at lowering) but works; the
-day it goes, this kernel moves to Mosaic GPU behind the same wrapper. Verified here in
-``interpret=True`` and by lowering to Triton IR for an abstract H200 (tests); never compiled by
-Triton nor run on a GPU (no GPU in this project yet).
+has a stable, small surface: `pallas_call` with BlockSpecs, scalar, gathered and masked loads and
+stores by pointer arithmetic, `dot`, and `fori_loop` with dynamic bounds (lowered to `scf.for`,
+which Triton software-pipelines). It runs on any CUDA GPU the jax wheels support. Mosaic GPU needs
+Hopper or newer, warpgroup-level code with explicit TMA copies and barriers, and its API changed
+between those releases; a paged gather (one TMA descriptor per page) is also awkward there.
+Pallas' Triton backend is deprecated in both 0.11.2 and 0.12 (a DeprecationWarning at lowering)
+but works; the day it goes, this kernel moves to Mosaic GPU behind the same wrapper.
 
-Layout and schedule::
+Launches. A batch with prefill rows is two launches of the attention kernel: its prefill chunks
+in work items of ``block_q`` query tokens (`rpa_blocks.plan_work_items`), then its decodes with one
+token per item and a tuning of their own, so a decode never pays for ``block_q`` query rows. Both
+write into one output buffer (aliased through the calls), and so does the merge kernel::
 
-    grid (W, K, S)             work item (BQ query tokens of one sequence), kv head, kv split
-    q, out blocks              f[Gp * BQ, H]  rows head-major: r = g * BQ + t (see rpa_blocks)
-    k_pages, v_pages           f[NP * P, K, H] whole arrays in HBM, read by token gathers
-    item scalars, page table   i32[W], i32[B, M] whole arrays, read as scalars / gathers
+    attention grid (W, K, S)   work item w, kv head h, kv split s
+    merge grid     (W, K)      when S > 1: folds the S partial outputs of (w, h)
 
-Program (w, h, s) walks kv blocks of ``block_kv`` tokens over the tokens its queries can see
-(sliding-window start .. position of its last query token, so pages past kv_len and future tokens
-are never read), the s-th of S equal shares of them. A block's tokens are gathered through the page
-table token by token: slot = page_table[seq, pos // P] * P + pos % P, then K[slot, h, :] — so any
-page size works (33 included) while every tensor keeps power-of-two dims. Scores and the online
-softmax are f32; dots are IEEE f32 for f32 inputs (not TF32) and bf16 x bf16 -> f32 for bf16.
-With S > 1 each split writes its normalized f32 output and log-sum-exp; plain jnp merges them.
+Program (w, h, s) gathers its R = Gp * BQ query rows straight from q (row ``r = g * BQ + t`` is
+query head ``h * G + g`` of the item's t-th token; rows with ``g >= G`` or ``t >= num_q`` are
+padding, never loaded or stored), walks the s-th of S equal shares of the kv tiles its rows can
+see (from the sliding window's start to its last query token: pages past kv_len and future
+tokens are never read), and keeps a running max, sum and f32 accumulator per row. With S == 1 it
+stores its normalized rows into the output; with S > 1 it writes an f32 partial output and
+log-sum-exp, and the merge kernel reads only the splits that had tiles and only the real rows,
+and stores the result.
 
-Triton rules respected: every loaded/stored tensor has power-of-two dims (Gp = next power of two
->= G, rows >= 16 for tensor-core dots, ``block_kv`` a power of two), head_dim must be a power of two
-(64, 128, 256), no scalar prefetch (scalars are loaded in-kernel), no reshapes in the kernel.
+Tiles are ``block_kv`` consecutive kv positions, aligned to multiples of ``block_kv``. Their slots
+come from one page-table lookup per page: a scalar load when a page holds whole tiles, a vector
+of ``block_kv / P`` page ids when a tile holds whole pages (P a power of two), and one lookup per
+token only for other page sizes (33, say). Launch parameters (tile, stages, warps, splits) come
+from `rpa_gpu_tuning.choose_tuning`, within the device's shared memory.
+
+Precision: scores and the online softmax are f32; dots are IEEE f32 for f32 inputs (not TF32)
+and bf16 x bf16 -> f32 for bf16.
+
+Head dims that are not a power of two (Triton tensors need power-of-two dims) are padded in
+registers (`rpa_gpu_kernels.load_heads`); the memory traffic stays that of the real head dim.
 """
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pcjax.kernels import rpa_blocks
 from pcjax.kernels.ragged_paged_attention import AttentionMetadata
-
-_MASKED = -1e30  # finite, so fully masked rows never produce inf - inf
-_MIN_DOT_ROWS = 16  # Triton's tensor-core dots want M >= 16
-_TARGET_PROGRAMS = 264  # ~2 waves of an H100/H200 (132 SMs): enough programs to fill the GPU
-
-
-def default_block_q(max_q_len: int, group_pad: int) -> int:
-    """Query tokens per work item: 1 for decode, else enough for ~128 rows (power of two)."""
-    return min(pl.next_power_of_2(max_q_len), max(1, 128 // group_pad))
-
-
-def default_block_kv(max_q_len: int) -> int:
-    return 128 if max_q_len == 1 else 64
+from pcjax.kernels.rpa_gpu_kernels import Static, attention_kernel, head_pad, merge_kernel
+from pcjax.kernels.rpa_gpu_tuning import (
+    GRID_ITEMSIZES,
+    GpuTuning,
+    LaunchCase,
+    choose_tuning,
+    device_facts,
+    group_pad,
+    launch_grid,
+    page_lookup_mode,
+)
 
 
-def default_kv_splits(num_items: int, num_kv_heads: int, max_kv: int, block_kv: int) -> int:
-    """Splits the kv axis until there are enough programs to fill the GPU (1 when already full)."""
-    blocks = max(1, -(-max_kv // block_kv))
-    return max(1, min(-(-_TARGET_PROGRAMS // (num_items * num_kv_heads)), blocks, 32))
+def _launch(cfg: Static, items, q, k_cache, v_cache, page_table, out, *, interpret):
+    """The attention kernel (+ the merge kernel when split) over `items`; returns `out` with the
+    items' query rows written (every other row as it was)."""
+    tuning = cfg.tuning
+    num_items, num_kv_heads, head_pad = items.seq.shape[0], k_cache.shape[1], cfg.head_pad
+    whole = pl.BlockSpec()
+    params = plgpu.CompilerParams(num_warps=tuning.num_warps, num_stages=tuning.num_stages)
+    scalars = (items.num_q, items.first_pos, items.kv_len, items.first_token)
+    if tuning.kv_splits == 1:
+        out_specs, out_shape, aliases = whole, jax.ShapeDtypeStruct(out.shape, out.dtype), {9: 0}
+    else:
+        parts = (tuning.kv_splits, num_items, num_kv_heads, tuning.rows)
+        out_specs = [
+            pl.BlockSpec(
+                (None, None, None, tuning.rows, head_pad), lambda w, h, s: (s, w, h, 0, 0)
+            ),
+            pl.BlockSpec((None, None, None, tuning.rows), lambda w, h, s: (s, w, h, 0)),
+        ]
+        out_shape = [
+            jax.ShapeDtypeStruct((*parts, head_pad), jnp.float32),
+            jax.ShapeDtypeStruct(parts, jnp.float32),
+        ]
+        aliases = {}
+    result = pl.pallas_call(
+        functools.partial(attention_kernel, cfg=cfg),
+        grid=(num_items, num_kv_heads, tuning.kv_splits),
+        in_specs=[whole] * 10,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        input_output_aliases=aliases,
+        compiler_params=params,
+        interpret=interpret,
+        name="ragged_paged_attention_gpu",
+    )(items.seq, *scalars, page_table, q, k_cache, v_cache, out)
+    if tuning.kv_splits == 1:
+        return result
+    return pl.pallas_call(
+        functools.partial(merge_kernel, cfg=cfg),
+        grid=(num_items, num_kv_heads),
+        in_specs=[whole] * 7,
+        out_specs=whole,
+        out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
+        input_output_aliases={6: 0},
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        interpret=interpret,
+        name="ragged_paged_attention_gpu_merge",
+    )(*scalars, *result, out)
 
 
-def group_pad(group: int, block_q: int) -> int:
-    """Query heads per kv head, padded to a power of two with >= 16 rows in total."""
-    return max(pl.next_power_of_2(group), pl.cdiv(_MIN_DOT_ROWS, block_q))
-
-
-def _kernel(
-    # work items and page table (whole arrays)
-    seq_ref,  # i32[W]
-    num_q_ref,  # i32[W]
-    first_pos_ref,  # i32[W]
-    kv_len_ref,  # i32[W]
-    page_table_ref,  # i32[B, M]
-    # inputs
-    q_ref,  # f[R, H] block of item w, kv head h
-    k_ref,  # f[NP * P, K, H] whole
-    v_ref,  # f[NP * P, K, H] whole
-    # outputs
-    o_ref,  # f[R, H] (f32 when split)
-    *lse_refs,  # f32[R] when split
-    sm_scale: float,
-    sliding_window: int | None,
-    soft_cap: float | None,
-    page_size: int,
-    block_q: int,
-    block_kv: int,
-    num_splits: int,
-):
-    w, h, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    rows, head_dim = q_ref.shape
-    pages_per_seq = page_table_ref.shape[1]
-    seq, num_q, first_pos = seq_ref[w], num_q_ref[w], first_pos_ref[w]
-    kv_len = kv_len_ref[w]
-
-    # kv tokens the item can see: [first_tok, end_tok); none for an empty item.
-    end_tok = jnp.where(num_q > 0, jnp.minimum(first_pos + num_q, kv_len), 0)
-    first_tok = jnp.int32(0)
-    if sliding_window is not None:
-        first_tok = jnp.minimum(jnp.maximum(first_pos - sliding_window + 1, 0), end_tok)
-    num_blocks = lax.div(end_tok - first_tok + block_kv - 1, block_kv)
-    per_split = lax.div(num_blocks + num_splits - 1, num_splits)
-    lo = jnp.minimum(split * per_split, num_blocks)
-    hi = jnp.minimum(lo + per_split, num_blocks)
-
-    t = lax.rem(lax.broadcasted_iota(jnp.int32, (rows,), 0), block_q)
-    q_pos = jnp.where(t < num_q, first_pos + t, -1)  # i32[R]; -1: padding row, sees nothing
-    q = q_ref[...]
-    precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-    offsets = lax.broadcasted_iota(jnp.int32, (block_kv,), 0)
-
-    def body(block, carry):
-        m_prev, l_prev, acc_prev = carry
-        pos = first_tok + block * block_kv + offsets  # i32[S]
-        valid = pos < end_tok
-        page_index = jnp.minimum(lax.div(pos, page_size), pages_per_seq - 1)
-        page = page_table_ref[seq, page_index]  # i32[S]
-        slot = jnp.where(valid, page * page_size + lax.rem(pos, page_size), 0)
-        k = k_ref[slot, h, :]  # f[S, H]
-        v = jnp.where(valid[:, None], v_ref[slot, h, :], 0)
-        s = (
-            lax.dot_general(
-                q,
-                k,
-                (((1,), (1,)), ((), ())),
-                precision=precision,
-                preferred_element_type=jnp.float32,
-            )
-            * sm_scale
-        )  # f32[R, S]
-        if soft_cap is not None:
-            s = soft_cap * jnp.tanh(s / soft_cap)
-        mask = (pos[None, :] <= q_pos[:, None]) & valid[None, :]
-        if sliding_window is not None:
-            mask &= pos[None, :] > q_pos[:, None] - sliding_window
-        s = jnp.where(mask, s, _MASKED)
-        m_new = jnp.maximum(m_prev, s.max(axis=1))
-        p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)
-        alpha = jnp.exp(m_prev - m_new)
-        pv = lax.dot_general(
-            p.astype(v.dtype),
-            v,
-            (((1,), (0,)), ((), ())),
-            precision=precision,
-            preferred_element_type=jnp.float32,
-        )
-        return m_new, alpha * l_prev + p.sum(axis=1), alpha[:, None] * acc_prev + pv
-
-    init = (
-        jnp.full((rows,), -jnp.inf, jnp.float32),
-        jnp.zeros((rows,), jnp.float32),
-        jnp.zeros((rows, head_dim), jnp.float32),
+def decode_items(md: AttentionMetadata, num_tokens: int, select=None) -> rpa_blocks.WorkItems:
+    """One work item per sequence for sequences of at most one query token (no search)."""
+    q_lens = md.q_lens if select is None else jnp.where(select, md.q_lens, 0)  # i32[B]
+    real = q_lens > 0
+    return rpa_blocks.WorkItems(
+        seq=jnp.arange(q_lens.shape[0], dtype=jnp.int32),
+        num_q=q_lens,
+        first_pos=jnp.where(real, md.kv_lens - q_lens, 0),
+        kv_len=jnp.where(real, md.kv_lens, 0),
+        first_token=jnp.where(real, md.cu_q_lens[:-1], num_tokens),
     )
-    m, l_sum, acc = lax.fori_loop(lo, hi, body, init)
-    o_ref[...] = (acc / jnp.where(l_sum > 0, l_sum, 1.0)[:, None]).astype(o_ref.dtype)
-    if lse_refs:
-        (lse_ref,) = lse_refs
-        lse_ref[...] = jnp.where(l_sum > 0, m + jnp.log(jnp.where(l_sum > 0, l_sum, 1.0)), _MASKED)
 
 
-def _merge_splits(o, lse):  # f32[S, W, K, R, H], f32[S, W, K, R] -> f32[W, K, R, H]
-    weight = jnp.exp(lse - lse.max(axis=0, keepdims=True))
-    return (weight[..., None] * o).sum(axis=0) / weight.sum(axis=0)[..., None]
+def launch_tuning(
+    decode: bool,
+    *,
+    num_tokens: int,
+    num_heads: int,
+    head_dim: int,
+    num_kv_heads: int,
+    page_size: int,
+    num_seqs: int,
+    pages_per_seq: int,
+    max_q_len: int,
+    itemsize: int,
+    overrides: dict | None = None,
+) -> GpuTuning:
+    """The tuning of one launch: `choose_tuning` for the device (read now: shared memory, SMs),
+    then the caller's explicit `overrides` (None values keep the choice; ``block_q`` applies to
+    the prefill launch only: decodes always get one-token items)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    group = num_heads // num_kv_heads
+    block_q = 1 if decode else overrides.pop("block_q", None)
+    overrides.pop("block_q", None)
+    max_q_len = 1 if decode else max_q_len
+    kind, num_sms = device_facts()
+    chosen = choose_tuning(
+        max_q_len=max_q_len,
+        group=group,
+        head_dim=head_pad(head_dim),  # tiles hold the padded head dim
+        itemsize=itemsize,
+        num_seqs=num_seqs,
+        num_tokens=num_tokens,
+        num_kv_heads=num_kv_heads,
+        max_kv_len=pages_per_seq * page_size,
+        device_kind=kind,
+        num_sms=num_sms,
+    )
+    block_q = block_q or chosen.block_q
+    tuning = dataclasses.replace(
+        chosen, block_q=block_q, group_pad=group_pad(group, block_q), **overrides
+    )
+    _check_tuning(tuning)
+    return tuning
 
 
 @functools.partial(
@@ -194,86 +196,113 @@ def ragged_paged_attention_gpu(
     block_q: int | None = None,
     block_kv: int | None = None,
     kv_splits: int | None = None,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:  # f[T, N, H]
     """Ragged paged attention, GPU (Triton) kernel. See the module docstring.
 
+    The tuning arguments default to `rpa_gpu_tuning.choose_tuning` for the device (read at trace
+    time: shared memory, SM count); given ones override it for every launch (``block_q`` only
+    for the prefill launch: decodes always get one-token items).
+
     Args:
-      block_q: query tokens per work item, a power of two (default: 1 for decode, ~128 rows).
-      block_kv: kv tokens per inner step, a power of two (default 128 decode, 64 otherwise).
-      kv_splits: programs per (item, kv head) along kv (default: enough to fill ~264 programs).
+      block_q: query tokens per prefill work item, a power of two.
+      block_kv: kv tokens per tile, a power of two >= 16.
+      kv_splits: programs per (work item, kv head) along kv.
       num_warps, num_stages: Triton launch parameters.
-      interpret: run the kernel as an XLA loop (CPU); the tuning args then only change speed.
+      interpret: run the kernels as XLA loops (CPU); the tuning args then only change speed.
     """
     rpa_blocks.check_inputs(q, k_pages, v_pages, md)
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_pages.shape
-    pages_per_seq = md.page_table.shape[1]
-    group = num_heads // num_kv_heads
-    block_q = block_q or default_block_q(md.max_q_len, pl.next_power_of_2(group))
-    block_kv = block_kv or default_block_kv(md.max_q_len)
-    _check_gpu_args(head_dim, block_q, block_kv, sliding_window)
-    gp = group_pad(group, block_q)
-
-    items = rpa_blocks.plan_work_items(md, num_tokens, block_q)
-    q_blocks = rpa_blocks.pack_queries(
-        q, items, num_kv_heads=num_kv_heads, block_q=block_q, group_pad=gp
-    )  # f[W, K, R, H]
-    num_items, _, rows, _ = q_blocks.shape
-    splits = kv_splits or default_kv_splits(
-        num_items, num_kv_heads, pages_per_seq * page_size, block_kv
+    _check_gpu_args(sliding_window)
+    overrides = dict(
+        block_q=block_q,
+        block_kv=block_kv,
+        kv_splits=kv_splits,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
-    kernel = functools.partial(
-        _kernel,
+    shapes = dict(
+        num_tokens=num_tokens,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        num_kv_heads=num_kv_heads,
+        page_size=page_size,
+        num_seqs=md.page_table.shape[0],
+        pages_per_seq=md.page_table.shape[1],
+        max_q_len=md.max_q_len,
+        itemsize=jnp.dtype(k_pages.dtype).itemsize,
+    )
+    static = functools.partial(
+        Static,
         sm_scale=sm_scale,
         sliding_window=sliding_window,
         soft_cap=soft_cap,
         page_size=page_size,
-        block_q=block_q,
-        block_kv=block_kv,
-        num_splits=splits,
+        pages_per_seq=md.page_table.shape[1],
+        num_heads=num_heads,
+        group=num_heads // num_kv_heads,
+        head_dim=head_dim,
     )
-    whole = pl.BlockSpec()
-    o_spec = pl.BlockSpec((None, None, None, rows, head_dim), lambda w, h, s: (s, w, h, 0, 0))
-    out_specs, out_shape = (
-        [o_spec],
-        [jax.ShapeDtypeStruct((splits, *q_blocks.shape), q.dtype if splits == 1 else jnp.float32)],
-    )
-    if splits > 1:
-        out_specs.append(pl.BlockSpec((None, None, None, rows), lambda w, h, s: (s, w, h, 0)))
-        out_shape.append(jax.ShapeDtypeStruct((splits, num_items, num_kv_heads, rows), jnp.float32))
-    outs = pl.pallas_call(
-        kernel,
-        grid=(num_items, num_kv_heads, splits),
-        in_specs=[whole] * 5
-        + [pl.BlockSpec((None, None, rows, head_dim), lambda w, h, s: (w, h, 0, 0))]
-        + [whole] * 2,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-        interpret=interpret,
-        name="ragged_paged_attention_gpu",
-    )(
-        items.seq,
-        items.num_q,
-        items.first_pos,
-        items.kv_len,
-        md.page_table,
-        q_blocks,
+    caches = (
+        q.reshape(num_tokens * num_heads, head_dim),
         k_pages.reshape(-1, num_kv_heads, head_dim),
         v_pages.reshape(-1, num_kv_heads, head_dim),
+        md.page_table,
     )
-    out = outs[0][0] if splits == 1 else _merge_splits(*outs)
-    return rpa_blocks.unpack_outputs(out, md, num_heads=num_heads, block_q=block_q, dtype=q.dtype)
+    # The output buffer: a spare row and head_pad columns (see rpa_gpu_kernels._store_rows).
+    out = jnp.zeros((num_tokens * num_heads + 1, head_pad(head_dim)), q.dtype)
+    decode = None
+    if md.max_q_len > 1:  # prefill chunks first, then the decodes in a launch of their own
+        decode = md.q_lens == 1  # bool[B]
+        cfg = static(tuning=launch_tuning(False, **shapes, overrides=overrides))
+        items = rpa_blocks.plan_work_items(md, num_tokens, cfg.tuning.block_q, select=~decode)
+        out = _launch(cfg, items, *caches, out, interpret=interpret)
+    cfg = static(tuning=launch_tuning(True, **shapes, overrides=overrides))
+    out = _launch(cfg, decode_items(md, num_tokens, decode), *caches, out, interpret=interpret)
+    return out[:-1, :head_dim].reshape(num_tokens, num_heads, head_dim)
 
 
-def _check_gpu_args(head_dim, block_q, block_kv, sliding_window) -> None:
-    for name, value in (("head_dim", head_dim), ("block_q", block_q), ("block_kv", block_kv)):
-        if value & (value - 1):
-            raise ValueError(f"the Triton kernel needs a power-of-two {name}, got {value}")
-    if block_kv < 16:
-        raise ValueError(f"block_kv must be >= 16 (Triton dot), got {block_kv}")
+def _check_gpu_args(sliding_window) -> None:
     if sliding_window is not None and sliding_window < 1:
         raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+
+
+def _check_tuning(tuning: GpuTuning) -> None:
+    for name in ("block_q", "block_kv"):
+        value = getattr(tuning, name)
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"the Triton kernel needs a power-of-two {name}, got {value}")
+    if tuning.block_kv < 16:
+        raise ValueError(f"block_kv must be >= 16 (Triton dot), got {tuning.block_kv}")
+    if tuning.kv_splits < 1 or tuning.num_stages < 1 or tuning.num_warps < 1:
+        raise ValueError(f"kv_splits, num_stages and num_warps must be >= 1, got {tuning}")
+
+
+def launch_configurations() -> dict[tuple, LaunchCase]:
+    """The distinct kernel builds over the supported range (`rpa_gpu_tuning.launch_grid`) for
+    the device `device_facts` reads now: one representative `LaunchCase` per key
+    ``(decode, dtype, H, rows, block_kv, warps, split or not, page lookup mode)``."""
+    configs = {}
+    for case in launch_grid():
+        tuning = launch_tuning(
+            case.decode,
+            num_tokens=case.num_tokens,
+            num_heads=case.group * case.num_kv_heads,
+            head_dim=case.head_dim,
+            num_kv_heads=case.num_kv_heads,
+            page_size=case.page_size,
+            num_seqs=case.num_seqs,
+            pages_per_seq=case.pages_per_seq,
+            max_q_len=case.max_q_len,
+            itemsize=GRID_ITEMSIZES[case.dtype],
+        )
+        mode = page_lookup_mode(case.page_size, tuning.block_kv)
+        key = (
+            case.decode, case.dtype, case.head_dim, tuning.rows, tuning.block_kv,
+            tuning.num_warps, tuning.kv_splits > 1, mode,
+        )  # fmt: skip
+        configs.setdefault(key, case)
+    return configs

@@ -118,3 +118,24 @@ def assert_matches_reference(out: jax.Array, want: jax.Array) -> None:
     np.testing.assert_allclose(
         np.asarray(out, np.float32), np.asarray(want, np.float32), **TOLERANCE[out.dtype.type]
     )
+
+
+def abstract_launch_args(case) -> tuple:
+    """(q, k_pages, v_pages, md) as `jax.ShapeDtypeStruct`s for a `rpa_gpu_tuning.LaunchCase`:
+    the shapes of a step of that launch, for lowering and compiling without memory."""
+    num_heads = case.group * case.num_kv_heads
+    dtype = jnp.dtype(case.dtype)
+    num_pages = case.num_seqs * case.pages_per_seq + 1
+    pages = jax.ShapeDtypeStruct(
+        (num_pages, case.page_size, case.num_kv_heads, case.head_dim), dtype
+    )
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    md = AttentionMetadata(
+        slot_mapping=i32(case.num_tokens),
+        page_table=i32(case.num_seqs, case.pages_per_seq),
+        kv_lens=i32(case.num_seqs),
+        cu_q_lens=i32(case.num_seqs + 1),
+        max_q_len=case.max_q_len,
+    )
+    q = jax.ShapeDtypeStruct((case.num_tokens, num_heads, case.head_dim), dtype)
+    return q, pages, pages, md

@@ -9,6 +9,7 @@ pages), and with a page size that is not a power of two.
 import json
 import pathlib
 
+import jax
 import pytest
 
 from pcjax import Engine, SamplingParams
@@ -78,6 +79,29 @@ def test_engine_kernel_attention_equals_reference(family, impl, resolved):
     cold = engine.generate([ref["prompt_ids"]], params, use_tqdm=False)[0]
     warm = engine.generate([ref["prompt_ids"]], params, use_tqdm=False)[0]
     assert engine.attention_impl == resolved
+    assert cold.token_ids == ref["greedy"]
+    assert warm.token_ids == ref["greedy"]
+    assert warm.num_cached_tokens > 0
+
+
+@pytest.mark.accelerator
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the Pallas Triton backend's
+@pytest.mark.parametrize("page_size", [16, 5])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_engine_pallas_on_device_equals_transformers(family, page_size):
+    """On a GPU/TPU: the platform's compiled Pallas kernel reproduces the references cold and
+    warm, in full f32 (the device's default f32 matmuls are TF32 on recent GPUs; the references
+    are IEEE f32)."""
+    ref = _reference(family)
+    params = SamplingParams(temperature=0, max_tokens=len(ref["greedy"]), ignore_eos=True)
+    with jax.default_matmul_precision("highest"):
+        engine = Engine(
+            model=str(GOLDEN / family), max_model_len=128, max_num_seqs=2, num_pages=64,
+            attention_impl="pallas", page_size=page_size, debug=True,
+        )  # fmt: skip
+        cold = engine.generate([ref["prompt_ids"]], params, use_tqdm=False)[0]
+        warm = engine.generate([ref["prompt_ids"]], params, use_tqdm=False)[0]
+    assert engine.attention_impl in ("pallas_gpu", "pallas_tpu")
     assert cold.token_ids == ref["greedy"]
     assert warm.token_ids == ref["greedy"]
     assert warm.num_cached_tokens > 0

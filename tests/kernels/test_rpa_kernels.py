@@ -87,12 +87,20 @@ def test_kernel_matches_reference(kernel, case):
     assert_matches_reference(out, want)
 
 
-def test_gpu_kernel_rejects_non_power_of_two_head_dim():
-    batch = make_batch(0, [1], [5], num_heads=2, num_kv_heads=1, head_dim=48, page_size=4)
-    with pytest.raises(ValueError, match="power-of-two head_dim"):
-        ragged_paged_attention_gpu(
-            batch.q, batch.k_pages, batch.v_pages, batch.md, sm_scale=1.0, interpret=True
+@pytest.mark.parametrize("head_dim", [24, 48])
+def test_gpu_kernel_pads_other_head_dims(head_dim):
+    """Triton tensors need power-of-two dims: other head dims are padded in registers."""
+    batch = make_batch(
+        head_dim, [1, 7, 1], [5, 40, 90], num_heads=4, num_kv_heads=2, head_dim=head_dim,
+        page_size=16, num_tokens=12,
+    )  # fmt: skip
+    args = dict(sm_scale=head_dim**-0.5)
+    k_pages, v_pages, want = written_and_reference(batch, **args)
+    for tuning in ({}, dict(block_q=4, block_kv=16, kv_splits=3)):
+        out = ragged_paged_attention_gpu(
+            batch.q, k_pages, v_pages, batch.md, interpret=True, **args, **tuning
         )
+        assert_matches_reference(out, want)
 
 
 # --- race detection (the TPU kernel's DMAs, semaphores and double buffering) -----------------

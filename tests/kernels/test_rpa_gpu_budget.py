@@ -1,0 +1,84 @@
+"""The GPU kernel's launch parameters over the whole supported range, without a GPU: every
+launch fits the device's shared memory, decode launches fill the SMs, and every distinct kernel
+configuration lowers to Triton for an (abstract) H200."""
+
+import functools
+import warnings
+
+import jax
+import pytest
+
+from pcjax.kernels import rpa_gpu_tuning as tuning_lib
+from pcjax.kernels.rpa_gpu import launch_configurations, ragged_paged_attention_gpu
+from pcjax.kernels.rpa_gpu_tuning import (
+    GRID_ITEMSIZES,
+    GpuTuning,
+    choose_tuning,
+    launch_grid,
+    smem_bytes,
+    smem_limit,
+)
+from pcjax.kernels.testing import abstract_launch_args
+
+DEVICES = {"NVIDIA H200": 132, "NVIDIA A100-SXM4-80GB": 108, "NVIDIA L4": 58}
+
+
+def _choose(case, device_kind, num_sms) -> GpuTuning:
+    return choose_tuning(
+        max_q_len=case.max_q_len, group=case.group, head_dim=case.head_dim,
+        itemsize=GRID_ITEMSIZES[case.dtype], num_seqs=case.num_seqs, num_tokens=case.num_tokens,
+        num_kv_heads=case.num_kv_heads, max_kv_len=case.pages_per_seq * case.page_size,
+        device_kind=device_kind, num_sms=num_sms,
+    )  # fmt: skip
+
+
+def test_the_docstrings_worked_example():
+    decode = tuning_lib.LaunchCase(True, "bfloat16", 128, 4, 8, 16, 8, 8192)
+    tuning = _choose(decode, "NVIDIA H200", 132)
+    assert (tuning.block_kv, tuning.num_stages, tuning.rows) == (64, 3, 16)
+    assert smem_bytes(tuning, 128, 2) == 3 * 2 * 64 * 128 * 2 + 16 * 128 * 2 + 16 * 64 * 6
+
+
+@pytest.mark.parametrize("device_kind", DEVICES)
+def test_every_supported_launch_fits_shared_memory(device_kind):
+    limit = smem_limit(device_kind)
+    for case in launch_grid():
+        tuning = _choose(case, device_kind, DEVICES[device_kind])
+        itemsize = GRID_ITEMSIZES[case.dtype]
+        assert smem_bytes(tuning, case.head_dim, itemsize) <= limit, (case, tuning)
+        # >= 3: the page index is prefetched (2 only where 99 KiB cannot hold 3 stages)
+        assert tuning.num_stages >= (3 if limit > 100 * 1024 else 2), (case, tuning)
+        assert tuning.block_kv >= 16 and tuning.block_kv & (tuning.block_kv - 1) == 0
+        assert tuning.rows >= 16 and tuning.group_pad >= case.group
+        assert tuning.num_warps == (8 if tuning.rows * case.head_dim >= 128 * 128 else 4)
+
+
+def test_decode_launches_fill_the_device():
+    """>= 4 waves of programs, unless the splits would get fewer than 4 tiles each."""
+    num_sms = DEVICES["NVIDIA H200"]
+    for case in launch_grid():
+        if not case.decode:
+            continue
+        tuning = _choose(case, "NVIDIA H200", num_sms)
+        programs = case.num_seqs * case.num_kv_heads * tuning.kv_splits
+        tiles = case.pages_per_seq * case.page_size // tuning.block_kv
+        capped = tuning.kv_splits in (max(1, tiles // 4), 64)
+        assert programs >= 4 * num_sms or capped, (case, tuning)
+
+
+def test_interpret_mode_tunes_for_an_h200():
+    assert tuning_lib.device_facts() == ("NVIDIA H200", 132)
+
+
+def test_every_kernel_configuration_lowers_for_an_h200():
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=1, platform="cuda")
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the Triton backend's
+        configs = launch_configurations()
+        assert len(configs) >= 36  # decode/prefill x dtype x head_dim x 3 page lookup modes
+        for case in configs.values():
+            fn = functools.partial(ragged_paged_attention_gpu, sm_scale=0.125)
+            text = jax.jit(fn).trace(*abstract_launch_args(case))
+            text = text.lower(lowering_platforms=("cuda",)).as_text()
+            assert "__gpu$xla.gpu.triton" in text, case
