@@ -7,16 +7,18 @@ randomly permuted page tables):
     mixed     one chunk of `--chunk` new tokens over context - chunk cached ones, plus B - 1 decodes
     prefill   one chunk of `--chunk` new tokens over context - chunk cached ones
 
-Timing. One jitted call runs the attention of L layers, each over its own K/V cache (as a model
-step does), and each timed round dispatches `--calls` such calls back to back before one sync:
-host dispatch overlaps the device and the caches rotate, so neither launch gaps nor an L2-resident
-cache flatter the figure (L is chosen so the caches together exceed `--min_cache_mb`). A round's
-time / (calls * L) is the time per layer call; the table shows the median (and min) over
-`--repeats` rounds. "K/V GB/s" is the K/V bytes a call must read (sum of kv_len * K * H * 2 *
-itemsize over its sequences) per second; on an accelerator it is also shown as a fraction of the
-device's peak HBM bandwidth (`--peak_hbm_gbps`, default from a small table of device kinds) and of
-a device-to-device copy measured in the same run (bytes read + written per second). Every output
-is checked against the reference (max abs error) where the reference fits `--max_reference_gb`.
+Timing. One jitted call runs the attention of L layers, each over its own K/V cache and on the
+previous layer's output (as a model step does), and each timed round dispatches `--calls` such
+calls back to back before one sync: host dispatch overlaps the device and the caches rotate, so
+neither launch gaps nor an L2-resident cache flatter the figure (L is chosen so the caches
+together exceed `--min_cache_mb`). A round's time / (calls * L) is the time per layer call; the
+table shows the median (and min) over `--repeats` rounds.
+
+"K/V GB/s" is the K/V bytes a call must read (sum of kv_len * K * H * 2 * itemsize over its
+sequences) per second; on an accelerator also as a fraction of the device's peak HBM bandwidth
+(`--peak_hbm_gbps`, default from a small table of device kinds) and of a device-to-device copy
+measured in the same run (bytes read + written per second). Every output is checked against the
+reference (max abs error) where the reference fits `--max_reference_gb`.
 
     python -m experiments.bench_attention --workdir=/tmp/ba            # CPU: pcjax-small, f32
     python -m experiments.bench_attention --workdir=/tmp/ba --quick    # decode B=8/64, bf16
@@ -153,12 +155,15 @@ def make_case(kind, batch, context, shape, layers_cap: int | None = None):
 
 
 def _layers_fn(impl: str, sm_scale: float):
-    """A jitted call of `impl` over every layer's cache (the sum of outputs keeps them all)."""
+    """A jitted call of `impl` over every layer's cache in turn, each layer's output the next
+    one's queries (as in a model, and no extra op between the layers)."""
     attention = functools.partial(ragged_paged_attention, sm_scale=sm_scale, impl=impl)
 
     @jax.jit
     def run(q, caches, md):
-        return sum(attention(q, k, v, md).astype(jnp.float32) for k, v in caches)
+        for k, v in caches:
+            q = attention(q, k, v, md)
+        return q
 
     return run
 
@@ -206,7 +211,8 @@ def run_case(kind, batch, context, shape, impls, peak, copy) -> list[dict]:
         stats = {k: v / layers if k.endswith("_ms") else v for k, v in stats.items()}
         err = None
         if want is not None:
-            err = float(jnp.max(jnp.abs(fn(q, caches[:1], md) - want)))
+            out = fn(q, caches[:1], md).astype(jnp.float32)
+            err = float(jnp.max(jnp.abs(out - want.astype(jnp.float32))))
         gbps = kv_bytes / stats["median_ms"] / 1e6
         rows.append(
             dict(

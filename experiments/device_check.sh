@@ -55,7 +55,7 @@ engine_tests=(
   tests/cache/test_host_kv.py tests/engine/test_host_tier.py
 )
 [ -d tests/parallel ] && engine_tests+=(tests/parallel)
-run_step engine_tests 120 "${pytest[@]}" "${engine_tests[@]}"
+run_step engine_tests 200 "${pytest[@]}" "${engine_tests[@]}"
 run_step offload 90 "$py" -m experiments.bench_offload --prefix_lens=16,256,2048 --repeats=2 \
   --bandwidth_repeats=5 --workdir="$out/offload"
 

@@ -252,8 +252,7 @@ def ragged_paged_attention_gpu(
         v_pages.reshape(-1, num_kv_heads, head_dim),
         md.page_table,
     )
-    # The output buffer: a spare row and head_pad columns (see rpa_gpu_kernels._store_rows).
-    out = jnp.zeros((num_tokens * num_heads + 1, head_pad(head_dim)), q.dtype)
+    out = jnp.zeros(_buffer_shape(num_tokens * num_heads, head_dim, interpret), q.dtype)
     decode = None
     if md.max_q_len > 1:  # prefill chunks first, then the decodes in a launch of their own
         decode = md.q_lens == 1  # bool[B]
@@ -262,7 +261,15 @@ def ragged_paged_attention_gpu(
         out = _launch(cfg, items, *caches, out, interpret=interpret)
     cfg = static(tuning=launch_tuning(True, **shapes, overrides=overrides))
     out = _launch(cfg, decode_items(md, num_tokens, decode), *caches, out, interpret=interpret)
-    return out[:-1, :head_dim].reshape(num_tokens, num_heads, head_dim)
+    return out[: num_tokens * num_heads, :head_dim].reshape(num_tokens, num_heads, head_dim)
+
+
+def _buffer_shape(rows: int, head_dim: int, interpret) -> tuple[int, int]:
+    """The output buffer: f[T * N, H] on a GPU (masked lanes are not written, so the final
+    reshape is free); interpreted, a spare row and the padded head dim, so that masked lanes,
+    which interpret mode writes back with their old value, never share an index with a real
+    element (see `rpa_gpu_kernels.store_rows`)."""
+    return (rows + 1, head_pad(head_dim)) if interpret else (rows, head_dim)
 
 
 def _check_gpu_args(sliding_window) -> None:

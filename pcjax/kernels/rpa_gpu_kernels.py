@@ -50,7 +50,7 @@ def head_pad(head_dim: int) -> int:
 def _query_rows(cfg: Static, h, first_token, num_q):
     """Rows of program (., h) in q viewed as f[T * N, H]: (flat row i32[R], real bool[R], t).
 
-    Padding rows get flat row -1 (see `_load_rows` and `_store_rows`).
+    Padding rows get flat row -1 (see `_load_rows` and `store_rows`).
     """
     r = lax.broadcasted_iota(jnp.int32, (cfg.tuning.rows,), 0)
     t, g = lax.rem(r, cfg.tuning.block_q), lax.div(r, cfg.tuning.block_q)
@@ -83,13 +83,13 @@ def _load_rows(cfg: Static, ref, flat, real):
     return jnp.where(real[:, None], load_heads(cfg, ref, jnp.maximum(flat, 0)), 0)
 
 
-def _store_rows(cfg: Static, ref, flat, real, value) -> None:
+def store_rows(cfg: Static, ref, flat, real, value) -> None:
     """Stores the real rows of `value` (f[R, Hp]) into rows `flat` of the output buffer
-    f[T * N + 1, Hp].
+    (f[T * N, H] on a GPU, f[T * N + 1, Hp] interpreted).
 
-    Padding rows and columns are masked off; they still name the buffer's spare last row and
-    columns, so that no index repeats a real element's (interpret mode writes masked lanes back
-    with their old value).
+    Padding rows and columns are masked off. Masked rows name the buffer's last row: on a GPU
+    they are not written; interpreted, where masked lanes are written back with their old value,
+    that row and the padded columns are spares no real element shares.
     """
     rows, head_pad = value.shape
     flat = jnp.where(real, flat, ref.shape[0] - 1)
@@ -153,7 +153,7 @@ def attention_kernel(
     q_ref,  # f[T * N, H] whole
     k_ref,  # f[NP * P, K, H] whole
     v_ref,  # f[NP * P, K, H] whole
-    _out_in_ref,  # f[T * N + 1, Hp]: the output buffer, aliased to the first output
+    _out_in_ref,  # the output buffer (see `store_rows`), aliased to the first output
     # outputs: the output buffer (S == 1) or f32 partials [R, H] and log-sum-exp [R] (S > 1)
     *out_refs,
     cfg: Static,
@@ -189,7 +189,7 @@ def attention_kernel(
     m, l_sum, acc = lax.fori_loop(lo, hi, body, _softmax_init(cfg))
     out = acc / jnp.where(l_sum > 0, l_sum, 1.0)[:, None]
     if cfg.tuning.kv_splits == 1:
-        _store_rows(cfg, out_refs[0], flat, real, out)
+        store_rows(cfg, out_refs[0], flat, real, out)
     else:
         o_part_ref, lse_ref = out_refs
         o_part_ref[...] = out
@@ -201,8 +201,8 @@ def merge_kernel(
     num_q_ref, first_pos_ref, kv_len_ref, first_token_ref,
     o_part_ref,  # f32[S, W, K, R, Hp] whole
     lse_ref,  # f32[S, W, K, R] whole
-    _out_in_ref,  # f[T * N + 1, Hp]: the output buffer, aliased to o_ref
-    o_ref,  # f[T * N + 1, Hp] whole
+    _out_in_ref,  # the output buffer (see `store_rows`), aliased to o_ref
+    o_ref,  # the output buffer, whole
     *,
     cfg: Static,
 ):  # fmt: skip
@@ -222,7 +222,7 @@ def merge_kernel(
 
     real_rows = jnp.broadcast_to(real[:, None], (cfg.tuning.rows, cfg.head_pad))
     _, l_sum, acc = lax.fori_loop(0, used, body, _softmax_init(cfg))
-    _store_rows(cfg, o_ref, flat, real, acc / jnp.where(l_sum > 0, l_sum, 1.0)[:, None])
+    store_rows(cfg, o_ref, flat, real, acc / jnp.where(l_sum > 0, l_sum, 1.0)[:, None])
 
 
 def _softmax_init(cfg: Static):

@@ -17,9 +17,14 @@ Worked example (decode, bf16, H=128, G=4 -> R=16): block_kv=64, 3 stages -> 3*2*
 page-table lookup of tile i+2 and the K/V copies of tile i+1 in flight while tile i is computed.
 
 Splits. A decode step has only B * K (sequence, kv head) programs, 64 at B=8 / K=8, against 132
-SMs that each hold ``programs_per_sm`` of them: the kv axis is split until the grid is at least
-``_TARGET_WAVES`` full waves, so the idle tail of the last wave is small, but never into splits of
-fewer than ``_MIN_TILES_PER_SPLIT`` tiles (the merge kernel reads every split's partial output).
+SMs that each hold ``smem_limit // smem`` of them (264 slots at 106 KiB): the kv axis is split into
+S shares. The time of a launch is about ``waves * (tiles per split + c)``, with
+``waves = ceil(programs / slots)`` and c (`_PROGRAM_OVERHEAD_TILES`) the fixed cost of a program
+(pipeline fill, query load, output write) in tiles; S minimizes it, so the grid fills whole waves
+(B=8, K=8 at 8k tokens: S=4, 256 programs in one wave of 32 tiles each; 9 splits would be 3
+waves, the last a fifth full), and no split gets fewer than ``_MIN_TILES_PER_SPLIT`` tiles (the
+merge kernel reads every split's partial output). Measured on an H200 (experiments/results/
+bench_attention_h200.json): see `experiments/tune_attention.py` for the sweep that checks it.
 """
 
 import dataclasses
@@ -50,7 +55,8 @@ _KV_BYTES_PER_STAGE = 32 * 1024  # K + V tile bytes per pipeline stage (decode)
 _MAX_BLOCK_KV = 128
 _MIN_BLOCK_KV = 16
 _STAGES = 3  # >= 3: the page-table load of a tile is issued a stage before its K/V copies
-_TARGET_WAVES = 4
+_PROGRAM_OVERHEAD_TILES = 2
+_MERGE_TILES_PER_SPLIT = 0.5  # a split's partial output, written and read back, in tiles
 _MIN_TILES_PER_SPLIT = 4
 _MAX_SPLITS = 64
 _SMEM_MARGIN = 0.9  # of the device's limit: Triton's own scratch is not in the model
@@ -129,7 +135,7 @@ def choose_tuning(
     num_sms: int,
 ) -> GpuTuning:
     """The launch parameters for one call: the largest tiles that fit the budget, 3 stages,
-    warps by accumulator size, splits for `_TARGET_WAVES` waves.
+    warps by accumulator size, splits that fill whole waves (see the module docstring).
 
     Args:
       max_q_len: the static q_len bound of the launched sequences (1: the decode kernel).
@@ -164,10 +170,22 @@ def choose_tuning(
     num_items = (
         num_seqs if max_q_len == 1 else num_work_items(num_seqs, num_tokens, max_q_len, block_q)
     )
-    want = _TARGET_WAVES * num_sms * (limit // need)  # programs for the target waves
-    splits = math.ceil(want / max(1, num_items * num_kv_heads))
-    splits = max(1, min(splits, tiles // _MIN_TILES_PER_SPLIT, _MAX_SPLITS))
+    slots = num_sms * max(1, smem_limit(device_kind) // need)  # programs resident at once
+    splits = choose_splits(num_items * num_kv_heads, tiles, slots)
     return GpuTuning(block_q, pad, block_kv, stages, num_warps, splits)
+
+
+def choose_splits(pairs: int, tiles: int, slots: int) -> int:
+    """The S in [1, min(tiles / 4, 64)] with the least ``waves(S) * (ceil(tiles / S) + c)``
+    (fewest splits on ties), for `pairs` (item, kv head) programs of `tiles` tiles each."""
+    most = max(1, min(tiles // _MIN_TILES_PER_SPLIT, _MAX_SPLITS))
+
+    def cost(splits: int) -> tuple[float, int]:
+        waves = math.ceil(pairs * splits / slots)
+        merge = _MERGE_TILES_PER_SPLIT * pairs * splits / slots if splits > 1 else 0
+        return waves * (math.ceil(tiles / splits) + _PROGRAM_OVERHEAD_TILES) + merge, splits
+
+    return min(range(1, most + 1), key=cost)
 
 
 def _rows_per_group(group: int) -> int:

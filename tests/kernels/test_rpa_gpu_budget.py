@@ -2,7 +2,9 @@
 launch fits the device's shared memory, decode launches fill the SMs, and every distinct kernel
 configuration lowers to Triton for an (abstract) H200."""
 
+import dataclasses
 import functools
+import math
 import warnings
 
 import jax
@@ -53,17 +55,31 @@ def test_every_supported_launch_fits_shared_memory(device_kind):
         assert tuning.num_warps == (8 if tuning.rows * case.head_dim >= 128 * 128 else 4)
 
 
-def test_decode_launches_fill_the_device():
-    """>= 4 waves of programs, unless the splits would get fewer than 4 tiles each."""
+def test_decode_splits_fill_whole_waves():
+    """B=8, K=8 at 8k: 4 splits, 256 programs in one wave of 264 slots; B=64: no split."""
+    case = tuning_lib.LaunchCase(True, "bfloat16", 128, 4, 8, 16, 8, 8192)
+    assert _choose(case, "NVIDIA H200", 132).kv_splits == 4
+    case = dataclasses.replace(case, num_seqs=64)
+    assert _choose(case, "NVIDIA H200", 132).kv_splits == 1
+
+
+def test_decode_launches_are_near_a_perfect_balance():
+    """Where there is work for 16 waves' worth of tiles, waves * (tiles per split + 2) is within
+    25% of the perfectly balanced pairs * tiles / slots + 2 (the tile is the granularity)."""
     num_sms = DEVICES["NVIDIA H200"]
     for case in launch_grid():
         if not case.decode:
             continue
         tuning = _choose(case, "NVIDIA H200", num_sms)
-        programs = case.num_seqs * case.num_kv_heads * tuning.kv_splits
+        need = smem_bytes(tuning, case.head_dim, GRID_ITEMSIZES[case.dtype])
+        slots = num_sms * (smem_limit("NVIDIA H200") // need)
+        pairs = case.num_seqs * case.num_kv_heads
         tiles = case.pages_per_seq * case.page_size // tuning.block_kv
-        capped = tuning.kv_splits in (max(1, tiles // 4), 64)
-        assert programs >= 4 * num_sms or capped, (case, tuning)
+        if pairs * tiles < 16 * slots:
+            continue
+        splits = tuning.kv_splits
+        estimate = math.ceil(pairs * splits / slots) * (math.ceil(tiles / splits) + 2)
+        assert estimate <= 1.25 * (pairs * tiles / slots + 2), (case, tuning)
 
 
 def test_interpret_mode_tunes_for_an_h200():
