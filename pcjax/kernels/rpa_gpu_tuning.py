@@ -3,28 +3,39 @@
 A pure function of static shapes and the device (no timing at run time), so tests can check every
 supported configuration on a machine without a GPU.
 
-Shared memory model. Triton's software pipeliner keeps ``num_stages`` copies of every tile it
-prefetches with async copies: here the K and V tiles (``block_kv`` rows of ``head_dim``). The
-query block and the probabilities (the second dot's A operand) are staged once, and the online
-softmax's layout conversions need about one f32 score tile::
+Shared memory model, an upper bound. If Triton's software pipeliner keeps ``num_stages`` copies
+of the K and V tiles (``block_kv`` rows of ``head_dim``), the query block and the probabilities
+(the second dot's A operand) are staged once, and the online softmax's layout conversions need
+about one f32 score tile, a program needs::
 
     smem = stages * 2 * block_kv * H * itemsize      K and V tiles in flight
          + R * H * itemsize                          queries (R = Gp * block_q rows)
          + R * block_kv * (itemsize + 4)             probabilities + score layout conversion
 
-Worked example (decode, bf16, H=128, G=4 -> R=16): block_kv=64, 3 stages -> 3*2*64*128*2 = 96 KiB
-+ 4 KiB + 6 KiB = 106 KiB: two programs fit in an H200 SM's 227 KiB, and three stages keep the
-page-table lookup of tile i+2 and the K/V copies of tile i+1 in flight while tile i is computed.
+On an H200 Triton needed less: a decode launch this formula puts at 272 KiB (bf16, H=128,
+block_kv=128, 4 stages) compiled and ran (experiments/results/h200/tune_attention.json), and all
+72 configurations the grid below yields compiled (compile_kernels.json there). So the formula is
+used as it stands against the device's limit, with no further margin. Worked example (decode,
+bf16, H=128, G=4 -> R=16): block_kv=128, 3 stages -> 3*2*128*128*2 = 192 KiB + 4 KiB + 12 KiB =
+208 KiB <= 227 KiB.
+
+Tiles. Decode reads each K/V byte once, so a tile is as large as fits: ``_KV_BYTES_PER_STAGE`` of
+K + V per stage, 128 tokens at bf16 / H=128. On the H200, 128-token tiles beat 64-token ones at
+every split count (B=8: 79 against 93 us per layer at 8k tokens, 284 against 323 us at 32k).
 
 Splits. A decode step has only B * K (sequence, kv head) programs, 64 at B=8 / K=8, against 132
-SMs that each hold ``smem_limit // smem`` of them (264 slots at 106 KiB): the kv axis is split into
-S shares. The time of a launch is about ``waves * (tiles per split + c)``, with
-``waves = ceil(programs / slots)`` and c (`_PROGRAM_OVERHEAD_TILES`) the fixed cost of a program
-(pipeline fill, query load, output write) in tiles; S minimizes it, so the grid fills whole waves
-(B=8, K=8 at 8k tokens: S=4, 256 programs in one wave of 32 tiles each; 9 splits would be 3
-waves, the last a fifth full), and no split gets fewer than ``_MIN_TILES_PER_SPLIT`` tiles (the
-merge kernel reads every split's partial output). Measured on an H200 (experiments/results/
-bench_attention_h200.json): see `experiments/tune_attention.py` for the sweep that checks it.
+SMs: the kv axis is split into S shares, S minimizing a time model fitted to the H200 sweep::
+
+    per_program = ceil(tiles / S) + c                   c = 4 tiles: start-up and write-out
+    time = P * per_program / min(P, 2 * SMs)            P = pairs * S programs; 2 per SM
+                                                        saturate HBM bandwidth
+         + per_program * idle / slots                   when P > slots = 3 * SMs (resident at
+                                                        once): the last wave's idle slots
+
+The sweep's order is the model's: at B=8, 8k and 32k tokens, S = 4 < 8 < 16 < 2 (79 / 87 / 96 /
+101 us at 8k); at B=64, S=2 beats S=1 (0.57 against 0.68 ms at 8k, 2.14 against 2.60 at 32k).
+No split gets fewer than ``_MIN_TILES_PER_SPLIT`` tiles (the merge kernel reads every split's
+partial output). Fitted on one device kind; `experiments/tune_attention.py` re-checks it on any.
 """
 
 import dataclasses
@@ -51,15 +62,15 @@ SMEM_BYTES = {  # device kind substring -> max dynamic shared memory per block (
 DEFAULT_SMEM_BYTES = 99 * 1024  # any other GPU: the smallest of the recent ones
 DEFAULT_NUM_SMS = 132  # H100/H200 SXM; only for interpret mode and abstract devices
 REFERENCE_DEVICE_KIND = "NVIDIA H200"  # what interpret mode tunes for
-_KV_BYTES_PER_STAGE = 32 * 1024  # K + V tile bytes per pipeline stage (decode)
+_KV_BYTES_PER_STAGE = 64 * 1024  # K + V tile bytes per pipeline stage (decode)
 _MAX_BLOCK_KV = 128
 _MIN_BLOCK_KV = 16
 _STAGES = 3  # >= 3: the page-table load of a tile is issued a stage before its K/V copies
-_PROGRAM_OVERHEAD_TILES = 2
-_MERGE_TILES_PER_SPLIT = 0.5  # a split's partial output, written and read back, in tiles
+_PROGRAM_OVERHEAD_TILES = 4  # the splits' time model, fitted on an H200 (module docstring)
+_SATURATING_PER_SM = 2
+_RESIDENT_PER_SM = 3
 _MIN_TILES_PER_SPLIT = 4
 _MAX_SPLITS = 64
-_SMEM_MARGIN = 0.9  # of the device's limit: Triton's own scratch is not in the model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +159,10 @@ def choose_tuning(
     Raises:
       ValueError: no tile of >= 16 kv tokens fits the device's shared memory.
     """
-    limit = int(_SMEM_MARGIN * smem_limit(device_kind))
+    limit = smem_limit(device_kind)
     block_q = 1 if max_q_len == 1 else min(pl.next_power_of_2(max_q_len), _rows_per_group(group))
     block_kv, stages = _fit_block_kv(head_dim, itemsize), _STAGES
-    while (need := _tile_smem(block_q, block_kv, stages, group, head_dim, itemsize)) > limit:
+    while _tile_smem(block_q, block_kv, stages, group, head_dim, itemsize) > limit:
         if block_kv > _MIN_BLOCK_KV:
             block_kv //= 2
         elif block_q > 1:
@@ -170,22 +181,27 @@ def choose_tuning(
     num_items = (
         num_seqs if max_q_len == 1 else num_work_items(num_seqs, num_tokens, max_q_len, block_q)
     )
-    slots = num_sms * max(1, smem_limit(device_kind) // need)  # programs resident at once
-    splits = choose_splits(num_items * num_kv_heads, tiles, slots)
+    splits = choose_splits(num_items * num_kv_heads, tiles, num_sms)
     return GpuTuning(block_q, pad, block_kv, stages, num_warps, splits)
 
 
-def choose_splits(pairs: int, tiles: int, slots: int) -> int:
-    """The S in [1, min(tiles / 4, 64)] with the least ``waves(S) * (ceil(tiles / S) + c)``
-    (fewest splits on ties), for `pairs` (item, kv head) programs of `tiles` tiles each."""
+def choose_splits(pairs: int, tiles: int, num_sms: int) -> int:
+    """The fewest splits S in [1, min(tiles / 4, 64)] whose modeled time (module docstring) is
+    within 3% of the least, for `pairs` (item, kv head) programs of `tiles` tiles each."""
     most = max(1, min(tiles // _MIN_TILES_PER_SPLIT, _MAX_SPLITS))
+    saturating, slots = _SATURATING_PER_SM * num_sms, _RESIDENT_PER_SM * num_sms
 
-    def cost(splits: int) -> tuple[float, int]:
-        waves = math.ceil(pairs * splits / slots)
-        merge = _MERGE_TILES_PER_SPLIT * pairs * splits / slots if splits > 1 else 0
-        return waves * (math.ceil(tiles / splits) + _PROGRAM_OVERHEAD_TILES) + merge, splits
+    def cost(splits: int) -> float:
+        programs = pairs * splits
+        per_program = math.ceil(tiles / splits) + _PROGRAM_OVERHEAD_TILES
+        time = programs * per_program / min(programs, saturating)
+        if programs > slots:
+            idle = math.ceil(programs / slots) * slots - programs
+            time += per_program * idle / slots
+        return time
 
-    return min(range(1, most + 1), key=cost)
+    costs = [cost(splits) for splits in range(1, most + 1)]
+    return next(s for s, c in enumerate(costs, 1) if c <= 1.03 * min(costs))
 
 
 def _rows_per_group(group: int) -> int:

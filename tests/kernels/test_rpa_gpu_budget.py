@@ -2,9 +2,7 @@
 launch fits the device's shared memory, decode launches fill the SMs, and every distinct kernel
 configuration lowers to Triton for an (abstract) H200."""
 
-import dataclasses
 import functools
-import math
 import warnings
 
 import jax
@@ -37,8 +35,8 @@ def _choose(case, device_kind, num_sms) -> GpuTuning:
 def test_the_docstrings_worked_example():
     decode = tuning_lib.LaunchCase(True, "bfloat16", 128, 4, 8, 16, 8, 8192)
     tuning = _choose(decode, "NVIDIA H200", 132)
-    assert (tuning.block_kv, tuning.num_stages, tuning.rows) == (64, 3, 16)
-    assert smem_bytes(tuning, 128, 2) == 3 * 2 * 64 * 128 * 2 + 16 * 128 * 2 + 16 * 64 * 6
+    assert (tuning.block_kv, tuning.num_stages, tuning.rows) == (128, 3, 16)
+    assert smem_bytes(tuning, 128, 2) == 3 * 2 * 128 * 128 * 2 + 16 * 128 * 2 + 16 * 128 * 6
 
 
 @pytest.mark.parametrize("device_kind", DEVICES)
@@ -55,31 +53,29 @@ def test_every_supported_launch_fits_shared_memory(device_kind):
         assert tuning.num_warps == (8 if tuning.rows * case.head_dim >= 128 * 128 else 4)
 
 
-def test_decode_splits_fill_whole_waves():
-    """B=8, K=8 at 8k: 4 splits, 256 programs in one wave of 264 slots; B=64: no split."""
-    case = tuning_lib.LaunchCase(True, "bfloat16", 128, 4, 8, 16, 8, 8192)
-    assert _choose(case, "NVIDIA H200", 132).kv_splits == 4
-    case = dataclasses.replace(case, num_seqs=64)
-    assert _choose(case, "NVIDIA H200", 132).kv_splits == 1
+@pytest.mark.parametrize(
+    ("batch", "context", "splits"), [(8, 8192, 4), (8, 32768, 4), (64, 8192, 2), (64, 32768, 3)]
+)
+def test_decode_splits_follow_the_h200_sweep(batch, context, splits):
+    """The sweep's best (experiments/results/h200/tune_attention.json): S=4 at B=8 for 8k and
+    32k tokens; at B=64 more than one split (2 beat 1 there)."""
+    case = tuning_lib.LaunchCase(True, "bfloat16", 128, 4, 8, 16, batch, context)
+    assert _choose(case, "NVIDIA H200", 132).kv_splits == splits
 
 
-def test_decode_launches_are_near_a_perfect_balance():
-    """Where there is work for 16 waves' worth of tiles, waves * (tiles per split + 2) is within
-    25% of the perfectly balanced pairs * tiles / slots + 2 (the tile is the granularity)."""
+def test_decode_launches_saturate_the_device():
+    """Every decode launch has about 2 programs per SM or more (the 3% tie rule may stop 10%
+    short), unless even its most splits (>= 4 tiles each) would not reach that."""
     num_sms = DEVICES["NVIDIA H200"]
     for case in launch_grid():
         if not case.decode:
             continue
         tuning = _choose(case, "NVIDIA H200", num_sms)
-        need = smem_bytes(tuning, case.head_dim, GRID_ITEMSIZES[case.dtype])
-        slots = num_sms * (smem_limit("NVIDIA H200") // need)
-        pairs = case.num_seqs * case.num_kv_heads
         tiles = case.pages_per_seq * case.page_size // tuning.block_kv
-        if pairs * tiles < 16 * slots:
-            continue
-        splits = tuning.kv_splits
-        estimate = math.ceil(pairs * splits / slots) * (math.ceil(tiles / splits) + 2)
-        assert estimate <= 1.25 * (pairs * tiles / slots + 2), (case, tuning)
+        pairs = case.num_seqs * case.num_kv_heads
+        most = max(1, min(tiles // 4, 64))
+        programs = pairs * tuning.kv_splits
+        assert programs >= 0.9 * 2 * num_sms or pairs * most < 2 * num_sms, (case, tuning)
 
 
 def test_interpret_mode_tunes_for_an_h200():
