@@ -8,7 +8,7 @@ from pcjax import models
 from pcjax.cache.kv_pages import KVCache
 from pcjax.engine.batch import StepArrays
 from pcjax.kernels import AttentionMetadata
-from pcjax.sampling import SamplingBatch, sample
+from pcjax.sampling import SampleResult, SamplingBatch, sample
 
 
 class _Static:
@@ -62,8 +62,8 @@ def _forward(model, attention_impl, param_leaves, kv_cache, tokens, positions, m
     return kv_cache, logits
 
 
-# A jit of its own: it compiles once per batch bucket B, not once per (T, B, M, Q) shape.
-_sample = jax.jit(sample)
+# A jit of its own: it compiles once per (B, NB, NL), not once per (T, B, M, Q) shape.
+_sample = jax.jit(sample, static_argnames="num_logprobs")
 
 
 class ModelRunner:
@@ -84,8 +84,8 @@ class ModelRunner:
         self._model = _static((graphdef, treedef))
         self.kv_cache = kv_cache
 
-    def run(self, arrays: StepArrays) -> jax.Array:
-        """Computes one step; returns the sampled tokens (i32[B], still on device)."""
+    def run(self, arrays: StepArrays) -> SampleResult:
+        """Computes one step; returns the sampled tokens (and log-probabilities), on device."""
         md = AttentionMetadata(
             slot_mapping=arrays.slot_mapping,
             page_table=arrays.page_table,
@@ -109,5 +109,10 @@ class ModelRunner:
             top_p=arrays.top_p,
             seeds=arrays.seeds,
             steps=arrays.sample_steps,
+            banned=arrays.banned,
         )
-        return _sample(logits, sampling)
+        return _sample(logits, sampling, num_logprobs=arrays.num_logprobs)
+
+    def cache_lost(self) -> bool:
+        """Whether the device cache was consumed by a step that then failed (donated buffers)."""
+        return any(leaf.is_deleted() for leaf in jax.tree.leaves(self.kv_cache))
