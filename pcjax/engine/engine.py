@@ -393,6 +393,8 @@ class Engine:
             "free_pages": kv.pool.num_free,
             "cached_pages": kv.cache.num_cached_pages,
             "in_use_pages": kv.pool.num_in_use,
+            # pages running requests hold (own and locked cached ones), of the usable pages
+            "kv_cache_usage": 1 - kv.num_reclaimable_pages() / (self.limits.num_pages - 1),
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
             **kv.transfer.stats(),
