@@ -10,6 +10,9 @@ disconnected) is aborted at the next step boundary, and its pages go back as at 
 
 ``observers`` are called in the engine thread after every step with the step's outputs and the
 engine (metrics, periodic logging); they must be quick and must not raise.
+
+With ``overlap=True`` the thread prepares and dispatches step k+1 before it waits for step k
+(`OverlapLoop`, see `pcjax.engine.steps`); commands are handled between two such iterations.
 """
 
 import asyncio
@@ -23,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 
 from pcjax.engine.engine import Engine
 from pcjax.engine.outputs import RequestOutput
+from pcjax.engine.steps import OverlapLoop
 from pcjax.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -48,11 +52,13 @@ class AsyncEngine:
       engine: the engine; nothing else may call it once `start` ran.
       observers: ``fn(outputs, engine)`` called after every step (and about every 0.5 s when
         idle, with no outputs) in the engine thread.
+      overlap: prepare step k+1 on the host while the device runs step k.
     """
 
-    def __init__(self, engine: Engine, observers: tuple[Callable, ...] = ()):
+    def __init__(self, engine: Engine, observers: tuple[Callable, ...] = (), overlap: bool = False):
         self.engine = engine
         self.observers = tuple(observers)
+        self.overlap = overlap
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}  # touched by the engine thread only
         self._thread: threading.Thread | None = None
@@ -122,12 +128,15 @@ class AsyncEngine:
     # --------------------------------------------------------------------------- engine thread
 
     def _run(self) -> None:
+        loop = OverlapLoop(self.engine) if self.overlap else None
+        has_work = loop.has_work if loop else self.engine.has_unfinished_requests
+        step = loop.step if loop else self.engine.step
         try:
             while not self._stop.is_set():
-                busy = self.engine.has_unfinished_requests()
+                busy = has_work()
                 self._drain_commands(block=not busy)
-                if self.engine.has_unfinished_requests():
-                    outputs = self.engine.step()
+                if has_work():
+                    outputs = step()
                     self._deliver(outputs)
                     self._observe(outputs)
                 elif not busy:

@@ -29,6 +29,7 @@ from pcjax.engine.request import Request
 from pcjax.engine.scheduler import ScheduledStep
 from pcjax.sampling import BANNED_PAD, MAX_LOGPROBS
 
+PENDING_TOKEN = -1  # an input token sampled by the step in flight (taken on device, steps.py)
 TOKEN_STEP = 128  # Q: powers of two up to 128, then multiples of 128
 PAGE_STEP = 16  # M: powers of two up to 16 pages, then multiples of 16
 TOKEN_BUCKETS_PER_OCTAVE = 8  # T above 16: at most 12.5% padding
@@ -107,7 +108,7 @@ def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: in
 
 def _banned_tokens(req: Request) -> frozenset[int]:
     """The stop tokens a request may not sample yet (it is short of its min_tokens)."""
-    if len(req.output_token_ids) < req.params.min_tokens:
+    if len(req.output_token_ids) + req.num_pending < req.params.min_tokens:
         return req.stop_token_ids
     return frozenset()
 
@@ -140,7 +141,9 @@ def _fill_sequence(arrays: dict, row: int, offset: int, req: Request, n: int, pa
     start = req.num_computed_tokens
     positions = np.arange(start, start + n, dtype=np.int32)
     pages = np.asarray(req.pages, np.int32)
-    arrays["tokens"][offset : offset + n] = req.all_token_ids[start : start + n]
+    known = req.all_token_ids[start : start + n]  # shorter by the pending tokens (steps.py)
+    arrays["tokens"][offset : offset + len(known)] = known
+    arrays["tokens"][offset + len(known) : offset + n] = PENDING_TOKEN
     arrays["positions"][offset : offset + n] = positions
     arrays["slot_mapping"][offset : offset + n] = (
         pages[positions // page_size] * page_size + positions % page_size
@@ -154,6 +157,6 @@ def _fill_sequence(arrays: dict, row: int, offset: int, req: Request, n: int, pa
     arrays["top_k"][row] = params.top_k
     arrays["top_p"][row] = params.top_p
     arrays["seeds"][row] = req.seed
-    arrays["sample_steps"][row] = len(req.output_token_ids)
+    arrays["sample_steps"][row] = len(req.output_token_ids) + req.num_pending
     banned = sorted(_banned_tokens(req))
     arrays["banned"][row, : len(banned)] = banned

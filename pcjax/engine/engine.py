@@ -9,7 +9,6 @@ written go into the tree, duplicate and tail pages are freed -> unlock.
 import dataclasses
 import itertools
 import logging
-import time
 
 import jax
 from tqdm.auto import tqdm
@@ -17,8 +16,7 @@ from tqdm.auto import tqdm
 from pcjax import models
 from pcjax.cache import kv_pages
 from pcjax.config import EngineConfig
-from pcjax.engine import inputs, stopping
-from pcjax.engine.batch import build_step_arrays
+from pcjax.engine import inputs
 from pcjax.engine.components import build_cache_components, resolve_limits
 from pcjax.engine.detokenizer import IncrementalDetokenizer
 from pcjax.engine.host_transfers import HostTransfers
@@ -27,14 +25,15 @@ from pcjax.engine.outputs import RequestOutput
 from pcjax.engine.request import Request, RequestGroup, Status
 from pcjax.engine.runner import ModelRunner
 from pcjax.engine.scheduler import Scheduler
+from pcjax.engine.steps import StepMixin
 from pcjax.kernels import resolve_attention_impl
 from pcjax.metrics import Counters
-from pcjax.sampling import SampleResult, SamplingParams
+from pcjax.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(StepMixin):
     """Generates text with a paged KV cache shared through a radix prefix tree.
 
     ``Engine(model="pcjax-small", enable_prefix_caching=True, ...)`` takes the fields of
@@ -178,121 +177,7 @@ class Engine:
         An exception inside the step fails only the step's requests (finish_reason "error", their
         pages returned); the engine goes on with the others.
         """
-        scheduled = self.scheduler.schedule()
-        # Before the run: the offloads of this step's victims, whose pages the run may reuse;
-        # in debug mode the NaN fill of freed pages, too.
-        self.kv.flush()
-        if not scheduled.entries:
-            return []
-        start = time.perf_counter()
-        for req, _ in scheduled.entries:
-            req.first_scheduled_time = req.first_scheduled_time or start
-        prompt_tokens = self._count_step(scheduled)
-        try:
-            arrays = build_step_arrays(
-                scheduled, self.config.page_size, self.limits.max_pages_per_seq
-            )
-            result = jax.device_get(self.runner.run(arrays))
-        except Exception:
-            logger.exception("a step of %d requests failed", len(scheduled.entries))
-            self._fail_step(scheduled)
-        else:
-            self._postprocess(scheduled.entries, result)
-        self.kv.flush()  # write-through copies of the prefixes this step cached
-        kind = "prefill" if prompt_tokens else "decode"
-        self.counters[f"{kind}_steps"] += 1
-        self.counters[f"{kind}_time_us"] += int(1e6 * (time.perf_counter() - start))
-        if self.config.debug:
-            self.check_integrity()
-        return self._take_outputs()
-
-    def _postprocess(self, entries, result: SampleResult) -> None:
-        now = time.perf_counter()
-        for row, (req, num_tokens) in enumerate(entries):
-            try:
-                self._advance(req, num_tokens, result, row, now)
-            except Exception:
-                logger.exception("request %s failed after its step", req.request_id)
-                if req.finish_reason is None:
-                    self._finish(req, "error")
-
-    def _advance(self, req: Request, num_tokens: int, result: SampleResult, row: int, now):
-        """Counts the request's computed tokens and takes its sampled token, if it had one."""
-        req.num_computed_tokens += num_tokens
-        if not req.prompt_cached and req.num_computed_tokens >= len(req.prompt_token_ids):
-            self.kv.cache_computed(req)
-            req.prompt_cached = True
-        if req.num_computed_tokens < req.num_tokens:
-            return  # a prefill chunk short of the last token: its sample is not used
-        req.output_token_ids.append(int(result.tokens[row]))
-        if req.logprobs is not None:
-            req.logprobs.append(stopping.token_logprob(result, row, req.params.logprobs))
-        self.counters["generated_tokens"] += 1
-        req.first_token_time = req.first_token_time or now
-        req.last_token_time = now
-        self._touched[req.group.request_id] = req.group
-        reason = stopping.stop_reason(req, self.limits.max_model_len)
-        if reason is not None:
-            self._finish(req, reason)
-
-    def _finish(self, req: Request, reason: str) -> None:
-        """Ends one sample: its pages go back; the group ends with its last sample."""
-        req.finish_reason = reason
-        if req.detokenizer is not None:
-            req.detokenizer.flush(req.output_token_ids)
-        if req.status is Status.RUNNING:
-            self.scheduler.finish(req)
-        else:
-            self.scheduler.abort(req)
-        group = req.group
-        self._touched[group.request_id] = group
-        if group.finished:
-            group.finished_time = time.perf_counter()
-            del self._requests[group.request_id]
-
-    def _fail_step(self, scheduled) -> None:
-        """Fails the requests of a step that raised; recovers the device cache if it was lost."""
-        self.counters["failed_steps"] += 1
-        if self.runner.cache_lost():
-            self._recover_cache()
-        for req, _ in scheduled.entries:
-            if req.finish_reason is None:
-                self._finish(req, "error")
-
-    def _recover_cache(self) -> None:
-        """A failed step consumed the donated cache: every KV page is gone. Fails the running
-        requests without caching their pages, empties the prefix cache, allocates a new cache."""
-        logger.error("the device KV cache was lost in a failed step: resetting it")
-        for req in list(self.scheduler.running):
-            req.num_computed_tokens = 0  # nothing of it may enter the prefix cache
-            self._finish(req, "error")
-        self.kv.cache.reset()
-        self.runner.kv_cache = self._allocate_cache()
-
-    def _take_outputs(self) -> list[RequestOutput]:
-        touched, self._touched = self._touched, {}
-        return [
-            group.to_output()
-            for group in touched.values()
-            if group.output_kind != "final" or group.finished
-        ]
-
-    def _count_step(self, scheduled) -> int:
-        """Counts a step before it runs; returns how many of its tokens are prompt tokens."""
-        c = self.counters
-        prompt_tokens = sum(
-            max(
-                0,
-                min(req.num_computed_tokens + n, len(req.prompt_token_ids))
-                - req.num_computed_tokens,
-            )
-            for req, n in scheduled.entries
-        )
-        c["num_steps"] += 1
-        c["computed_tokens"] += scheduled.num_tokens
-        c["computed_prompt_tokens"] += prompt_tokens
-        c["preemptions"] += scheduled.num_preempted
-        return prompt_tokens
+        return self.complete_step(self.begin_step())
 
     # --------------------------------------------------------------------------- offline API
 

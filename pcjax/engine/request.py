@@ -52,6 +52,9 @@ class Request:
     last_token_time: float | None = None
     finish_reason: str | None = None
     num_reported_tokens: int = 0  # tokens already handed out in delta mode
+    num_pending: int = 0  # sampled by dispatched steps, not known on the host yet (steps.py)
+    ends_when_known: bool = False  # its pending token reaches max_tokens / max_model_len
+    step_row: int = -1  # its row in the last step it was scheduled in
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -59,7 +62,8 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        """Tokens so far, pending ones included (the scheduler computes up to here)."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending
 
     @property
     def own_pages(self) -> list[int]:

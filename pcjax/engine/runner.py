@@ -84,8 +84,10 @@ class ModelRunner:
         self._model = _static((graphdef, treedef))
         self.kv_cache = kv_cache
 
-    def run(self, arrays: StepArrays) -> SampleResult:
-        """Computes one step; returns the sampled tokens (and log-probabilities), on device."""
+    def run(self, arrays: StepArrays, tokens=None) -> SampleResult:
+        """Computes one step; returns the sampled tokens (and log-probabilities), on device.
+
+        ``tokens`` replaces ``arrays.tokens`` (a device array from `merge_tokens`)."""
         md = AttentionMetadata(
             slot_mapping=arrays.slot_mapping,
             page_table=arrays.page_table,
@@ -98,7 +100,7 @@ class ModelRunner:
             self.attention_impl,
             self._param_leaves,
             self.kv_cache,
-            arrays.tokens,  # numpy: jit's C++ path converts them faster than jnp.asarray
+            arrays.tokens if tokens is None else tokens,  # numpy: jit converts it fastest
             arrays.positions,
             md,
             arrays.logits_indices,
@@ -114,5 +116,17 @@ class ModelRunner:
         return _sample(logits, sampling, num_logprobs=arrays.num_logprobs)
 
     def cache_lost(self) -> bool:
-        """Whether the device cache was consumed by a step that then failed (donated buffers)."""
-        return any(leaf.is_deleted() for leaf in jax.tree.leaves(self.kv_cache))
+        """Whether the device cache was consumed (donated) by a step that then failed."""
+        try:
+            leaves = jax.block_until_ready(jax.tree.leaves(self.kv_cache))
+        except Exception:  # noqa: BLE001 - an error of the step that produced it
+            return True
+        return any(leaf.is_deleted() for leaf in leaves)
+
+
+@jax.jit
+def merge_tokens(host_tokens, prev_tokens, sources):
+    """``host_tokens`` (i32[T]) with position t taken from ``prev_tokens[sources[t]]`` where
+    ``sources[t] >= 0``: tokens the previous step sampled, still on the device."""
+    taken = prev_tokens[jax.numpy.maximum(sources, 0)]
+    return jax.numpy.where(sources >= 0, taken, host_tokens)

@@ -58,8 +58,8 @@ class Scheduler:
         for req in list(self.running):
             if budget == 0:
                 break
-            if req.status is not Status.RUNNING:  # preempted earlier in this loop
-                continue
+            if req.status is not Status.RUNNING or req.ends_when_known:
+                continue  # preempted earlier in this loop, or nothing left to compute
             num_tokens = min(req.num_tokens - req.num_computed_tokens, budget)
             if self._grow_or_preempt(req, num_tokens):
                 entries.append((req, num_tokens))

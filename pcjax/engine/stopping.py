@@ -23,7 +23,7 @@ def stop_reason(req: Request, max_model_len: int) -> str | None:
     incremental = detok is not None and (params.stop or req.group.output_kind != "final")
     if incremental and detok.update(req.output_token_ids, check_stop=num_out >= params.min_tokens):
         return "stop"
-    if num_out >= params.max_tokens or req.num_tokens >= max_model_len:
+    if num_out >= params.max_tokens or len(req.prompt_token_ids) + num_out >= max_model_len:
         return "length"
     return None
 

@@ -80,8 +80,8 @@ async def stream_response(serving, req, model, request_id, sequences, params) ->
             for sample in out.outputs:
                 index = seq.choice_offset + sample.index
                 num_tokens += len(sample.token_ids)
-                if not sample.text and not sample.finished:
-                    continue
+                if not sample.token_ids and not sample.text and not sample.finished:
+                    continue  # a chunk per token, as vLLM: its text may be held back (empty)
                 block = None
                 if sample.logprobs:
                     block = logprobs_block(

@@ -58,6 +58,7 @@ class OpenAIServing:
         self.names = served_model_names
         self.tokenizer = engine.engine.tokenizer
         self.max_model_len = engine.engine.limits.max_model_len
+        self.vocab_size = engine.engine.model.config.vocab_size
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
@@ -109,6 +110,11 @@ class OpenAIServing:
             token_ids = list(prompt)
         if not token_ids:
             raise RequestError("the prompt is empty", param="prompt")
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(
+                f"prompt token ids out of range [0, {self.vocab_size}): {bad[:5]}", param="prompt"
+            )
         if len(token_ids) >= self.max_model_len:
             raise RequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, "
