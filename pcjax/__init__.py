@@ -18,7 +18,7 @@ _LOCATIONS = {
     "Engine": "pcjax.engine.engine",
     "EngineConfig": "pcjax.config",
     "SamplingParams": "pcjax.sampling",
-    "RequestOutput": "pcjax.engine.request",
+    "RequestOutput": "pcjax.engine.outputs",
 }
 
 

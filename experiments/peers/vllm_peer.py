@@ -15,7 +15,7 @@ only; importing it imports neither vLLM nor jax.
 
 `run_vllm` returns None, after printing why, when the interpreter is missing or has no vllm (the
 benchmark then reports pcjax alone). It raises `VllmPeerError` when vLLM itself fails or runs past
-the timeout. Build the venv with `../shared/peers/setup_vllm_cpu.sh .peers/vllm`.
+the timeout. Build the venv with `bash experiments/peers/setup_vllm_cpu.sh` (into `.peers/vllm`).
 
 Result (JSON object):
 
@@ -75,7 +75,7 @@ import time
 
 from experiments.peers import vllm_runner
 
-SETUP_HINT = "build it with ../shared/peers/setup_vllm_cpu.sh .peers/vllm"
+SETUP_HINT = "build it with bash experiments/peers/setup_vllm_cpu.sh .peers/vllm"
 DEFAULT_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache; vLLM's default takes far more memory
     "VLLM_CPU_OMP_THREADS_BIND": "0-1",  # both cores ("all" is rejected by vLLM)

@@ -27,7 +27,9 @@ import numpy as np
 
 from pcjax.engine.request import Request
 from pcjax.engine.scheduler import ScheduledStep
+from pcjax.sampling import BANNED_PAD, MAX_LOGPROBS
 
+PENDING_TOKEN = -1  # an input token sampled by the step in flight (taken on device, steps.py)
 TOKEN_STEP = 128  # Q: powers of two up to 128, then multiples of 128
 PAGE_STEP = 16  # M: powers of two up to 16 pages, then multiples of 16
 TOKEN_BUCKETS_PER_OCTAVE = 8  # T above 16: at most 12.5% padding
@@ -77,6 +79,8 @@ class StepArrays:
     top_p: np.ndarray  # f32[B]
     seeds: np.ndarray  # u32[B]
     sample_steps: np.ndarray  # i32[B]
+    banned: np.ndarray  # i32[B, NB]: stop tokens of rows short of min_tokens, else BANNED_PAD
+    num_logprobs: int  # NL: 0, or MAX_LOGPROBS when a row wants log-probabilities (static)
 
 
 def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: int) -> StepArrays:
@@ -87,17 +91,34 @@ def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: in
     pages_per_seq = min(
         bucket(most_pages, step=PAGE_STEP), bucket(max_pages_per_seq, step=PAGE_STEP)
     )
-    arrays = _empty(num_tokens, num_seqs, pages_per_seq)
+    arrays = _empty(num_tokens, num_seqs, pages_per_seq, _num_banned(step))
     offset = 0
     for row, (req, n) in enumerate(step.entries):
         _fill_sequence(arrays, row, offset, req, n, page_size)
         offset += n
     arrays["cu_q_lens"][len(step.entries) + 1 :] = offset
     max_q = max(n for _, n in step.entries)
-    return StepArrays(**arrays, max_q_len=min(bucket(max_q, step=TOKEN_STEP), num_tokens))
+    wants_logprobs = any(req.params.logprobs is not None for req, _ in step.entries)
+    return StepArrays(
+        **arrays,
+        max_q_len=min(bucket(max_q, step=TOKEN_STEP), num_tokens),
+        num_logprobs=MAX_LOGPROBS if wants_logprobs else 0,
+    )
 
 
-def _empty(num_tokens: int, num_seqs: int, pages_per_seq: int) -> dict:
+def _banned_tokens(req: Request) -> frozenset[int]:
+    """The stop tokens a request may not sample yet (it is short of its min_tokens)."""
+    if len(req.output_token_ids) + req.num_pending < req.params.min_tokens:
+        return req.stop_token_ids
+    return frozenset()
+
+
+def _num_banned(step: ScheduledStep) -> int:
+    """NB: a bucket (>= 4) of the most tokens any row bans, so few shapes compile."""
+    return bucket(max(len(_banned_tokens(req)) for req, _ in step.entries), minimum=4)
+
+
+def _empty(num_tokens: int, num_seqs: int, pages_per_seq: int, num_banned: int) -> dict:
     i32 = np.int32
     return dict(
         tokens=np.zeros(num_tokens, i32),
@@ -112,6 +133,7 @@ def _empty(num_tokens: int, num_seqs: int, pages_per_seq: int) -> dict:
         top_p=np.ones(num_seqs, np.float32),
         seeds=np.zeros(num_seqs, np.uint32),
         sample_steps=np.zeros(num_seqs, i32),
+        banned=np.full((num_seqs, num_banned), BANNED_PAD, i32),
     )
 
 
@@ -119,7 +141,9 @@ def _fill_sequence(arrays: dict, row: int, offset: int, req: Request, n: int, pa
     start = req.num_computed_tokens
     positions = np.arange(start, start + n, dtype=np.int32)
     pages = np.asarray(req.pages, np.int32)
-    arrays["tokens"][offset : offset + n] = req.all_token_ids[start : start + n]
+    known = req.all_token_ids[start : start + n]  # shorter by the pending tokens (steps.py)
+    arrays["tokens"][offset : offset + len(known)] = known
+    arrays["tokens"][offset + len(known) : offset + n] = PENDING_TOKEN
     arrays["positions"][offset : offset + n] = positions
     arrays["slot_mapping"][offset : offset + n] = (
         pages[positions // page_size] * page_size + positions % page_size
@@ -133,4 +157,6 @@ def _fill_sequence(arrays: dict, row: int, offset: int, req: Request, n: int, pa
     arrays["top_k"][row] = params.top_k
     arrays["top_p"][row] = params.top_p
     arrays["seeds"][row] = req.seed
-    arrays["sample_steps"][row] = len(req.output_token_ids)
+    arrays["sample_steps"][row] = len(req.output_token_ids) + req.num_pending
+    banned = sorted(_banned_tokens(req))
+    arrays["banned"][row, : len(banned)] = banned

@@ -8,29 +8,32 @@ written go into the tree, duplicate and tail pages are freed -> unlock.
 
 import dataclasses
 import itertools
-import time
+import logging
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from pcjax import models
 from pcjax.cache import kv_pages
 from pcjax.config import EngineConfig
-from pcjax.engine import stopping
-from pcjax.engine.batch import build_step_arrays
+from pcjax.engine import inputs
 from pcjax.engine.components import build_cache_components, resolve_limits
+from pcjax.engine.detokenizer import IncrementalDetokenizer
 from pcjax.engine.host_transfers import HostTransfers
 from pcjax.engine.kv_manager import KVManager
-from pcjax.engine.request import Request, RequestOutput, Status
+from pcjax.engine.outputs import RequestOutput
+from pcjax.engine.request import Request, RequestGroup, Status
 from pcjax.engine.runner import ModelRunner
 from pcjax.engine.scheduler import Scheduler
+from pcjax.engine.steps import StepMixin
 from pcjax.kernels import resolve_attention_impl
 from pcjax.metrics import Counters
 from pcjax.sampling import SamplingParams
 
+logger = logging.getLogger(__name__)
 
-class Engine:
+
+class Engine(StepMixin):
     """Generates text with a paged KV cache shared through a radix prefix tree.
 
     ``Engine(model="pcjax-small", enable_prefix_caching=True, ...)`` takes the fields of
@@ -53,7 +56,21 @@ class Engine:
         )
         self.attention_impl = resolve_attention_impl(cfg.attention_impl, jax.default_backend())
         mc = self.model.config
-        cache_arrays = kv_pages.allocate_kv_cache(
+        self.runner = ModelRunner(
+            self.model.graphdef, self.model.params, self._allocate_cache(), self.attention_impl
+        )
+        self.kv.transfer = HostTransfers(
+            self.runner, pool, cache.host_pool, mc, cfg.page_size, cfg.dtype, cfg.debug
+        )
+        self.counters = Counters()
+        self._ids = itertools.count()
+        self._num_seeded = 0
+        self._requests: dict[str, RequestGroup] = {}  # unfinished requests by id
+        self._touched: dict[str, RequestGroup] = {}  # groups with news since the last report
+
+    def _allocate_cache(self):
+        cfg, mc = self.config, self.model.config
+        return kv_pages.allocate_kv_cache(
             mc.num_layers,
             self.limits.num_pages,
             cfg.page_size,
@@ -62,174 +79,134 @@ class Engine:
             cfg.dtype,
             fill_value=float("nan") if cfg.debug else 0.0,
         )
-        self.runner = ModelRunner(
-            self.model.graphdef, self.model.params, cache_arrays, self.attention_impl
-        )
-        self.kv.transfer = HostTransfers(
-            self.runner, pool, cache.host_pool, mc, cfg.page_size, cfg.dtype, cfg.debug
-        )
-        self.counters = Counters()
-        self._ids = itertools.count()
-        self._num_seeded = 0
-        self._requests: dict[str, Request] = {}
 
     # ----------------------------------------------------------------------------- requests
 
     def add_request(
         self,
-        prompt: str | list[int],
+        prompt,
         sampling_params: SamplingParams | None = None,
         request_id: str | None = None,
     ) -> str:
-        """Queues one request; returns its id. Raises ValueError for invalid input."""
-        req = self._make_request(prompt, sampling_params or SamplingParams(), request_id)
-        self._requests[req.request_id] = req
-        self.scheduler.add(req)
-        return req.request_id
+        """Queues one request (a prompt in any form of `pcjax.engine.inputs`); returns its id.
 
-    def _make_request(self, prompt, params: SamplingParams, request_id) -> Request:
+        Raises ValueError for invalid input, leaving the engine as it was.
+        """
+        group = self._make_group(prompt, sampling_params or SamplingParams(), request_id)
+        self._submit(group)
+        return group.request_id
+
+    def _submit(self, group: RequestGroup) -> None:
+        self._requests[group.request_id] = group
+        for child in group.children:
+            self.scheduler.add(child)
+
+    def _make_group(self, prompt, params: SamplingParams, request_id, output_kind=None):
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        token_ids = self._tokenize(prompt)
+        parsed = inputs.parse_prompt(
+            prompt, self.tokenizer, self.model.config.vocab_size, self.limits.max_model_len
+        )
         request_id = str(next(self._ids)) if request_id is None else str(request_id)
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids.update(self.model.eos_token_ids)
-        return Request(
+        group = RequestGroup(
             request_id=request_id,
-            prompt_token_ids=token_ids,
-            params=params,
-            seed=params.seed if params.seed is not None else self._default_seed(),
-            stop_token_ids=frozenset(stop_ids),
-            prompt=prompt if isinstance(prompt, str) else None,
+            prompt=parsed.text,
+            prompt_token_ids=parsed.token_ids,
+            output_kind=output_kind or params.output_kind,
+            children=[],
         )
+        base_seed = params.seed if params.seed is not None else None
+        for i in range(params.n):
+            seed = self._default_seed() if base_seed is None else (base_seed + i) % 2**32
+            group.children.append(
+                Request(
+                    request_id=request_id if params.n == 1 else f"{i}_{request_id}",
+                    prompt_token_ids=parsed.token_ids,
+                    params=params,
+                    seed=seed,
+                    stop_token_ids=frozenset(stop_ids),
+                    prompt=parsed.text,
+                    cache_salt=parsed.cache_salt,
+                    index=i,
+                    group=group,
+                    detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
+                    arrival_time=group.arrival_time,
+                    logprobs=None if params.logprobs is None else [],
+                )
+            )
+        return group
 
     def _default_seed(self) -> int:
         self._num_seeded += 1
         return (self.config.seed * 1_000_003 + self._num_seeded) % 2**32
 
-    def _tokenize(self, prompt) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("the prompt is empty")
-            if self.tokenizer is None:
-                raise ValueError("this model has no tokenizer: pass prompts as lists of token ids")
-            token_ids = list(self.tokenizer.encode(prompt))
-        elif isinstance(prompt, (list, tuple, np.ndarray)):
-            token_ids = [int(t) for t in prompt]
-        else:
-            raise ValueError(
-                f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}"
-            )
-        if not token_ids:
-            raise ValueError("the prompt is empty")
-        vocab_size = self.model.config.vocab_size
-        bad = [t for t in token_ids if not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(f"prompt token ids out of range [0, {vocab_size}): {bad[:5]}")
-        if len(token_ids) >= self.limits.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(token_ids)} tokens; max_model_len is "
-                f"{self.limits.max_model_len}, which must leave room for one more"
-            )
-        return token_ids
-
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def abort(self, request_ids) -> list[RequestOutput]:
+        """Ends requests now (between steps), waiting or running; unknown ids are ignored.
+
+        Their pages go back as at a normal finish: computed full pages to the prefix cache, the
+        rest freed. Returns the aborted requests' last outputs (finish_reason "abort").
+        """
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        outputs = []
+        for request_id in ids:
+            group = self._requests.get(str(request_id))
+            if group is None:
+                continue
+            for child in group.children:
+                if child.finish_reason is None:
+                    self._finish(child, "abort")
+            outputs.append(group.to_output())
+        self._touched.clear()  # what the aborted groups had pending was just reported
+        return outputs
 
     # --------------------------------------------------------------------------------- steps
 
     def step(self) -> list[RequestOutput]:
-        """Runs one scheduled step; returns the requests that finished in it."""
-        scheduled = self.scheduler.schedule()
-        # Before the run: the offloads of this step's victims, whose pages the run may reuse;
-        # in debug mode the NaN fill of freed pages, too.
-        self.kv.flush()
-        if not scheduled.entries:
-            return []
-        prompt_tokens = self._count_step(scheduled)
-        start = time.perf_counter()
-        arrays = build_step_arrays(scheduled, self.config.page_size, self.limits.max_pages_per_seq)
-        next_tokens = np.asarray(self.runner.run(arrays))
-        finished = self._postprocess(scheduled.entries, next_tokens)
-        self.kv.flush()  # write-through copies of the prefixes this step cached
-        kind = "prefill" if prompt_tokens else "decode"
-        self.counters[f"{kind}_steps"] += 1
-        self.counters[f"{kind}_time_us"] += int(1e6 * (time.perf_counter() - start))
-        if self.config.debug:
-            self.check_integrity()
-        return finished
+        """Runs one scheduled step; returns what it has to report, by each request's output kind:
+        "final" requests when they finish, "cumulative" and "delta" ones whenever a sample gained
+        a token or finished (see `RequestOutput.finished`).
 
-    def _postprocess(self, entries, next_tokens: np.ndarray) -> list[RequestOutput]:
-        now = time.perf_counter()
-        finished = []
-        for row, (req, num_tokens) in enumerate(entries):
-            req.num_computed_tokens += num_tokens
-            if not req.prompt_cached and req.num_computed_tokens >= len(req.prompt_token_ids):
-                self.kv.cache_computed(req)
-                req.prompt_cached = True
-            if req.num_computed_tokens < req.num_tokens:
-                continue  # a prefill chunk short of the last token: its sample is not used
-            req.output_token_ids.append(int(next_tokens[row]))
-            self.counters["generated_tokens"] += 1
-            req.first_token_time = req.first_token_time or now
-            reason = stopping.stop_reason(req, self.limits.max_model_len, self.tokenizer)
-            if reason is not None:
-                finished.append(self._finish(req, reason))
-        return finished
-
-    def _finish(self, req: Request, reason: str) -> RequestOutput:
-        req.finish_reason = reason
-        req.text = stopping.final_text(req, self.tokenizer)
-        self.scheduler.finish(req)
-        del self._requests[req.request_id]
-        return req.to_output()
-
-    def _count_step(self, scheduled) -> int:
-        """Counts a step before it runs; returns how many of its tokens are prompt tokens."""
-        c = self.counters
-        prompt_tokens = sum(
-            max(
-                0,
-                min(req.num_computed_tokens + n, len(req.prompt_token_ids))
-                - req.num_computed_tokens,
-            )
-            for req, n in scheduled.entries
-        )
-        c["num_steps"] += 1
-        c["computed_tokens"] += scheduled.num_tokens
-        c["computed_prompt_tokens"] += prompt_tokens
-        c["preemptions"] += scheduled.num_preempted
-        return prompt_tokens
+        An exception inside the step fails only the step's requests (finish_reason "error", their
+        pages returned); the engine goes on with the others.
+        """
+        return self.complete_step(self.begin_step())
 
     # --------------------------------------------------------------------------- offline API
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[RequestOutput]:
-        """Generates for every prompt; returns one output per prompt, in order.
+        """Generates for every prompt; returns one finished output per prompt, in order.
 
         Args:
-          prompts: a string, a list of token ids, or a list of either.
+          prompts: a prompt (string, token ids or dict, see `pcjax.engine.inputs`) or a list.
           sampling_params: one `SamplingParams` for all, a list with one per prompt, or None.
           use_tqdm: show a progress bar.
 
         All prompts are validated before any is queued, so a bad one raises ValueError and
         nothing runs.
         """
-        prompts = _as_prompt_list(prompts)
-        params = _as_params_list(sampling_params, len(prompts))
-        requests = [self._make_request(p, sp, None) for p, sp in zip(prompts, params, strict=True)]
-        for req in requests:
-            self._requests[req.request_id] = req
-            self.scheduler.add(req)
+        prompts = inputs.as_prompt_list(prompts)
+        params = inputs.as_params_list(sampling_params, len(prompts))
+        groups = [
+            self._make_group(p, sp, None, output_kind="final")
+            for p, sp in zip(prompts, params, strict=True)
+        ]
+        for group in groups:
+            self._submit(group)
         outputs: dict[str, RequestOutput] = {}
-        with tqdm(total=len(requests), disable=not use_tqdm, desc="generate") as bar:
+        with tqdm(total=len(groups), disable=not use_tqdm, desc="generate") as bar:
             while self.scheduler.has_unfinished():
                 for out in self.step():
                     outputs[out.request_id] = out
                     bar.update(1)
-        return [outputs[req.request_id] for req in requests]
+        return [outputs[group.request_id] for group in groups]
 
     def chat(
         self,
@@ -254,7 +231,7 @@ class Engine:
         """
         texts = [
             self.render_chat(conv, add_generation_prompt)
-            for conv in _as_conversations(conversations)
+            for conv in inputs.as_conversations(conversations)
         ]
         prompts = [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
         outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
@@ -270,7 +247,7 @@ class Engine:
         """
         if self.tokenizer is None or not self.model.chat_template:
             raise ValueError(f"model {self.model.name!r} has no chat template")
-        _check_messages(messages)
+        inputs.check_messages(messages)
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
@@ -301,10 +278,20 @@ class Engine:
             "free_pages": kv.pool.num_free,
             "cached_pages": kv.cache.num_cached_pages,
             "in_use_pages": kv.pool.num_in_use,
+            # pages running requests hold (own and locked cached ones), of the usable pages
+            "kv_cache_usage": 1 - kv.num_reclaimable_pages() / (self.limits.num_pages - 1),
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
             **kv.transfer.stats(),
         }
+
+    def reset_prefix_cache(self) -> int:
+        """Drops every cached page no running request holds (device and host tier); returns how
+        many device pages were dropped. Later requests recompute their prefixes."""
+        before = self.kv.cache.num_cached_pages
+        self.kv.cache.reset()
+        self.kv.flush()
+        return before - self.kv.cache.num_cached_pages
 
     def check_integrity(self) -> None:
         """Asserts page accounting: pool and tree consistent, own pages == pool's in-use pages."""
@@ -315,49 +302,3 @@ class Engine:
         waiting_pages = [r for r in self.scheduler.waiting if r.pages]
         assert not waiting_pages, "waiting requests must hold no pages"
         assert all(r.status is Status.RUNNING for r in self.scheduler.running)
-
-
-def _as_prompt_list(prompts) -> list:
-    if isinstance(prompts, str):
-        return [prompts]
-    prompts = list(prompts)
-    if prompts and all(isinstance(t, (int, np.integer)) for t in prompts):
-        return [prompts]  # one prompt given as token ids
-    if not prompts:
-        raise ValueError("no prompts given")
-    return prompts
-
-
-def _as_conversations(conversations) -> list[list[dict]]:
-    conversations = list(conversations)
-    if not conversations:
-        raise ValueError("no conversations given")
-    if all(isinstance(m, dict) for m in conversations):
-        return [conversations]  # one conversation
-    return [list(conv) for conv in conversations]
-
-
-def _check_messages(messages) -> None:
-    if not messages:
-        raise ValueError("a conversation needs at least one message")
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ValueError(f"a message must be a dict with string 'content', got {message!r}")
-        if message.get("role") not in ("system", "user", "assistant", "tool"):
-            raise ValueError(f"unknown message role {message.get('role')!r}")
-
-
-def _as_params_list(sampling_params, num_prompts: int) -> list[SamplingParams]:
-    if sampling_params is None:
-        return [SamplingParams()] * num_prompts
-    if isinstance(sampling_params, SamplingParams):
-        return [sampling_params] * num_prompts
-    if not isinstance(sampling_params, (list, tuple)):
-        raise ValueError(
-            f"sampling_params must be SamplingParams or a list of them, got "
-            f"{type(sampling_params).__name__}"
-        )
-    params = list(sampling_params)
-    if len(params) != num_prompts:
-        raise ValueError(f"got {len(params)} sampling_params for {num_prompts} prompts")
-    return params

@@ -25,7 +25,25 @@ Worked example of `cache_computed` (P = 4, the request matched 1 page at admissi
     num_shared_pages = 3; the lock moves from node("abcd") to node("ijkl"); 14 stays own.
 """
 
+import dataclasses
+
 from pcjax.engine.request import Request
+
+
+@dataclasses.dataclass(frozen=True)
+class SaltedToken:
+    """A request's first token tagged with its cache salt: the radix tree compares keys token by
+    token, so a salted prompt shares no prefix with another salt's or with unsalted prompts."""
+
+    salt: str
+    token: int
+
+
+def cache_key(req: Request, tokens: list[int]) -> list:
+    """``tokens`` as the prefix cache sees them: the first one salted if the request has a salt."""
+    if req.cache_salt is None or not tokens:
+        return tokens
+    return [SaltedToken(req.cache_salt, tokens[0]), *tokens[1:]]
 
 
 class KVManager:
@@ -59,7 +77,7 @@ class KVManager:
 
     def admit(self, req: Request) -> None:
         """Adopts the longest cached prefix of the request's tokens (leaving >= 1 to compute)."""
-        tokens = req.all_token_ids
+        tokens = cache_key(req, req.all_token_ids)
         match = self.cache.match(tokens, max_tokens=len(tokens) - 1)
         self.cache.lock(match.node)
         node = self._load(match) if match.host_slots else match.node
@@ -117,7 +135,7 @@ class KVManager:
         num_full = req.num_computed_tokens // self.page_size
         if not self.caching or num_full <= req.num_shared_pages:
             return
-        tokens = req.all_token_ids[: num_full * self.page_size]
+        tokens = cache_key(req, req.all_token_ids[: num_full * self.page_size])
         inserted = self.cache.insert(tokens, req.pages[:num_full])
         self.cache.lock(inserted.node)
         self.cache.unlock(req.cache_node)

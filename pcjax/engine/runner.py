@@ -8,7 +8,7 @@ from pcjax import models
 from pcjax.cache.kv_pages import KVCache
 from pcjax.engine.batch import StepArrays
 from pcjax.kernels import AttentionMetadata
-from pcjax.sampling import SamplingBatch, sample
+from pcjax.sampling import SampleResult, SamplingBatch, sample
 
 
 class _Static:
@@ -62,8 +62,8 @@ def _forward(model, attention_impl, param_leaves, kv_cache, tokens, positions, m
     return kv_cache, logits
 
 
-# A jit of its own: it compiles once per batch bucket B, not once per (T, B, M, Q) shape.
-_sample = jax.jit(sample)
+# A jit of its own: it compiles once per (B, NB, NL), not once per (T, B, M, Q) shape.
+_sample = jax.jit(sample, static_argnames="num_logprobs")
 
 
 class ModelRunner:
@@ -84,8 +84,10 @@ class ModelRunner:
         self._model = _static((graphdef, treedef))
         self.kv_cache = kv_cache
 
-    def run(self, arrays: StepArrays) -> jax.Array:
-        """Computes one step; returns the sampled tokens (i32[B], still on device)."""
+    def run(self, arrays: StepArrays, tokens=None) -> SampleResult:
+        """Computes one step; returns the sampled tokens (and log-probabilities), on device.
+
+        ``tokens`` replaces ``arrays.tokens`` (a device array from `merge_tokens`)."""
         md = AttentionMetadata(
             slot_mapping=arrays.slot_mapping,
             page_table=arrays.page_table,
@@ -98,7 +100,7 @@ class ModelRunner:
             self.attention_impl,
             self._param_leaves,
             self.kv_cache,
-            arrays.tokens,  # numpy: jit's C++ path converts them faster than jnp.asarray
+            arrays.tokens if tokens is None else tokens,  # numpy: jit converts it fastest
             arrays.positions,
             md,
             arrays.logits_indices,
@@ -109,5 +111,22 @@ class ModelRunner:
             top_p=arrays.top_p,
             seeds=arrays.seeds,
             steps=arrays.sample_steps,
+            banned=arrays.banned,
         )
-        return _sample(logits, sampling)
+        return _sample(logits, sampling, num_logprobs=arrays.num_logprobs)
+
+    def cache_lost(self) -> bool:
+        """Whether the device cache was consumed (donated) by a step that then failed."""
+        try:
+            leaves = jax.block_until_ready(jax.tree.leaves(self.kv_cache))
+        except Exception:  # noqa: BLE001 - an error of the step that produced it
+            return True
+        return any(leaf.is_deleted() for leaf in leaves)
+
+
+@jax.jit
+def merge_tokens(host_tokens, prev_tokens, sources):
+    """``host_tokens`` (i32[T]) with position t taken from ``prev_tokens[sources[t]]`` where
+    ``sources[t] >= 0``: tokens the previous step sampled, still on the device."""
+    taken = prev_tokens[jax.numpy.maximum(sources, 0)]
+    return jax.numpy.where(sources >= 0, taken, host_tokens)

@@ -58,8 +58,8 @@ class Scheduler:
         for req in list(self.running):
             if budget == 0:
                 break
-            if req.status is not Status.RUNNING:  # preempted earlier in this loop
-                continue
+            if req.status is not Status.RUNNING or req.ends_when_known:
+                continue  # preempted earlier in this loop, or nothing left to compute
             num_tokens = min(req.num_tokens - req.num_computed_tokens, budget)
             if self._grow_or_preempt(req, num_tokens):
                 entries.append((req, num_tokens))
@@ -126,6 +126,7 @@ class Scheduler:
             not other.prompt_cached
             and other.prompt_token_ids[start : start + page_size] == wanted
             and other.prompt_token_ids[:start] == tokens[:start]
+            and other.cache_salt == req.cache_salt
             for other in self.running
         )
 
@@ -133,4 +134,13 @@ class Scheduler:
         """Removes a finished request and releases its pages (its KV goes to the cache)."""
         self.running.remove(req)
         self.kv.release(req)
+        req.status = Status.FINISHED
+
+    def abort(self, req: Request) -> None:
+        """Removes a request from wherever it is; a running one's pages go back as at finish."""
+        if req.status is Status.RUNNING:
+            self.finish(req)
+            return
+        if req in self.waiting:
+            self.waiting.remove(req)
         req.status = Status.FINISHED

@@ -1,32 +1,37 @@
-"""When a request stops, and the text it returns (host only)."""
+"""When a request stops, and the log-probabilities it reports (host only)."""
 
+import numpy as np
+
+from pcjax.engine.outputs import TokenLogprob
 from pcjax.engine.request import Request
+from pcjax.sampling import SampleResult
 
 
-def stop_reason(req: Request, max_model_len: int, tokenizer) -> str | None:
-    """Why `req` stops after its latest token: "stop", "length", or None to go on."""
-    if req.output_token_ids[-1] in req.stop_token_ids:
+def stop_reason(req: Request, max_model_len: int) -> str | None:
+    """Why `req` stops after its latest token: "stop", "length", or None to go on.
+
+    Stop tokens count once the token is past ``min_tokens`` (before, the sampler masks them);
+    stop strings once ``min_tokens`` tokens exist. The text is brought up to date incrementally
+    (`IncrementalDetokenizer`) when the request reports text while running or has stop strings;
+    otherwise it is decoded once, at the finish.
+    """
+    num_out = len(req.output_token_ids)
+    params = req.params
+    if num_out > params.min_tokens and req.output_token_ids[-1] in req.stop_token_ids:
         return "stop"
-    if req.params.stop and _stop_string_at(decode(req, tokenizer), req.params.stop) is not None:
+    detok = req.detokenizer
+    incremental = detok is not None and (params.stop or req.group.output_kind != "final")
+    if incremental and detok.update(req.output_token_ids, check_stop=num_out >= params.min_tokens):
         return "stop"
-    if len(req.output_token_ids) >= req.params.max_tokens or req.num_tokens >= max_model_len:
+    if num_out >= params.max_tokens or len(req.prompt_token_ids) + num_out >= max_model_len:
         return "length"
     return None
 
 
-def final_text(req: Request, tokenizer) -> str:
-    """The generated text, cut before the first stop string."""
-    text = decode(req, tokenizer)
-    cut = _stop_string_at(text, req.params.stop)
-    return text if cut is None else text[:cut]
-
-
-def decode(req: Request, tokenizer) -> str:
-    if tokenizer is None:
-        return ""
-    return tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
-
-
-def _stop_string_at(text: str, stops: tuple[str, ...]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
+def token_logprob(result: SampleResult, row: int, num_top: int) -> TokenLogprob:
+    """The sampled token's log-probability and the ``num_top`` best of row ``row``."""
+    values = np.asarray(result.logprobs[row], dtype=np.float64)
+    ids = np.asarray(result.logprob_ids[row])
+    pairs = zip(ids[1 : 1 + num_top], values[1 : 1 + num_top], strict=True)
+    top = tuple((int(i), float(v)) for i, v in pairs)
+    return TokenLogprob(int(ids[0]), float(values[0]), top)

@@ -36,7 +36,7 @@ def test_string_prompt_is_tokenized_and_text_decoded(engine):
         ([1] * MAX_MODEL_LEN, GREEDY, "max_model_len"),
         ([1, 10**9], GREEDY, "out of range"),
         ([1, -1], GREEDY, "out of range"),
-        (3.5, GREEDY, "string or a list"),
+        (3.5, GREEDY, "a prompt must be"),
         ([1, 2], "greedy", "SamplingParams"),
     ],
 )

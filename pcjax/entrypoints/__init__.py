@@ -1,0 +1,1 @@
+"""The served deployment: an OpenAI-compatible HTTP server (`openai/`) and the `pcjax` CLI."""
