@@ -51,34 +51,17 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pcjax.kernels import rpa_blocks, rpa_tpu_budget
 from pcjax.kernels.ragged_paged_attention import AttentionMetadata
-from pcjax.kernels.rpa_tpu_budget import LANES, TABLE_BLOCK, KernelShape
+from pcjax.kernels.rpa_tpu_budget import (
+    LANES,
+    TABLE_BLOCK,
+    KernelShape,
+    default_block_q,
+    default_pages_per_block,
+    kernel_shapes,
+)
 from pcjax.kernels.rpa_tpu_pipeline import ItemRefs, Stream, block_range, load_head
 
 _MASKED = -1e30  # finite, so fully masked rows never produce inf - inf
-
-
-def default_block_q(max_q_len: int) -> int:
-    """Query tokens per work item: 1 for decode, up to 64 for prefill (measured on CPU)."""
-    return min(pl.next_power_of_2(max_q_len), 64)
-
-
-def default_pages_per_block(page_size: int, pages_per_seq: int) -> int:
-    """About 128 kv tokens per block: a power of two (it divides the table rows), <= M."""
-    pages = max(1, min(pages_per_seq, 128 // page_size))
-    return 1 << (pages.bit_length() - 1)
-
-
-def default_tuning(
-    shape: KernelShape, max_q_len: int, group: int, chip: str = "v5e"
-) -> KernelShape:
-    """`shape` with the default block_q (rows = group * BQ), halved until the kernel fits the
-    chip's scoped-VMEM default; `num_items` is left as given (an upper bound for any BQ)."""
-    block_q = default_block_q(max_q_len)
-    scoped = rpa_tpu_budget.chip_limits(chip)[0]
-    fit = lambda bq: dataclasses.replace(shape, rows=group * bq)  # noqa: E731
-    while block_q > 1 and rpa_tpu_budget.vmem_bytes(fit(block_q)).total > scoped:
-        block_q //= 2
-    return fit(block_q)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +245,7 @@ def ragged_paged_attention_tpu(
 
     Args:
       block_q: query tokens per work item (default `default_block_q(md.max_q_len)`, halved on
-        the TPU code path until the kernel fits the scoped-VMEM default, see `default_tuning`).
+        the TPU code path until the kernel fits the scoped-VMEM default, see `kernel_shapes`).
       pages_per_block: pages per DMA'd kv block (default: about 128 tokens, a power of two).
       table_block: page ids per page-table row brought to SMEM; a multiple of pages_per_block,
         and of 128 when compiling for a TPU (DMA alignment). Smaller rows serve interpret-mode
@@ -295,22 +278,27 @@ def ragged_paged_attention_tpu(
         xla_loop=interpret is True and not tpu_code_path,
         indexed_loads=isinstance(interpret, pltpu.InterpretParams),
     )
+    shapes = (None, None)
     if not cfg.xla_loop:
         _check_tpu_config(cfg, head_dim, compiled=interpret is False)
-        if block_q is None:
-            shape = _kernel_shape(cfg, q, k_pages, md, md.max_q_len)
-            group = q.shape[1] // num_kv_heads
-            tuned = default_tuning(shape, md.max_q_len, group)
-            cfg = dataclasses.replace(cfg, block_q=tuned.rows // group)
+        shapes = kernel_shapes(
+            dtype=k_pages.dtype, num_tokens=q.shape[0], num_heads=q.shape[1],
+            num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
+            num_seqs=md.kv_lens.shape[0], pages_per_seq=pages_per_seq, max_q_len=md.max_q_len,
+            block_q=block_q, pages_per_block=cfg.pages_per_block,
+        )  # fmt: skip
+        cfg = dataclasses.replace(cfg, block_q=shapes[0].rows * num_kv_heads // q.shape[1])
     call = functools.partial(
         _call, q=q, k_pages=k_pages, v_pages=v_pages, md=md, interpret=interpret,
         vmem_limit_bytes=vmem_limit_bytes,
     )  # fmt: skip
     if md.max_q_len == 1 or cfg.block_q == 1:
-        return call(cfg)
+        return call(cfg, shape=shapes[0])
     decode = md.q_lens == 1  # bool[B]
     single = dataclasses.replace(cfg, block_q=1)
-    return call(cfg, select=~decode) + call(single, select=decode, max_q_len=1)
+    return call(cfg, shape=shapes[0], select=~decode) + call(
+        single, shape=shapes[1], select=decode, max_q_len=1
+    )
 
 
 def _check_tpu_config(cfg: _Config, head_dim: int, *, compiled: bool) -> None:
@@ -327,21 +315,6 @@ def _check_tpu_config(cfg: _Config, head_dim: int, *, compiled: bool) -> None:
         raise ValueError(f"table_block must be a multiple of {TABLE_BLOCK} on a TPU")
 
 
-def _kernel_shape(cfg: _Config, q, k_pages, md, max_q_len: int) -> KernelShape:
-    num_tokens, num_heads, head_dim = q.shape
-    num_kv_heads = k_pages.shape[2]
-    num_seqs = md.kv_lens.shape[0]
-    return KernelShape(
-        dtype=jnp.dtype(k_pages.dtype).name,
-        page_size=cfg.page_size,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        rows=num_heads // num_kv_heads * cfg.block_q,
-        pages_per_block=cfg.pages_per_block,
-        num_items=rpa_blocks.num_work_items(num_seqs, num_tokens, max_q_len, cfg.block_q),
-    )
-
-
 def _call(
     cfg: _Config,
     q,
@@ -350,6 +323,7 @@ def _call(
     md,
     *,
     interpret,
+    shape: KernelShape | None,
     vmem_limit_bytes=None,
     select=None,
     max_q_len=None,
@@ -371,7 +345,6 @@ def _call(
     if cfg.xla_loop:
         out = _pallas_xla_loop(cfg, scalars, md.page_table, q_blocks, k_pages, v_pages)
     else:
-        shape = _kernel_shape(cfg, q, k_pages, md, max_q_len or md.max_q_len)
         limit = vmem_limit_bytes
         if limit is None and interpret is False:
             limit = rpa_tpu_budget.vmem_limit_for(shape)

@@ -22,13 +22,22 @@ v4/v5e/v5p and 32 MiB on v6e (Pallas TPU documentation; checked for v5e by compi
 """
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas import tpu as pltpu
+
+from pcjax.kernels import rpa_blocks
 
 LANES = 128
 TABLE_BLOCK = 128  # page ids per SMEM page-table block: DMAs from HBM need 512-byte alignment
 SCOPED_VMEM_DEFAULT = {"v4": 16 << 20, "v5e": 16 << 20, "v5p": 16 << 20, "v6e": 32 << 20}
+# Calibrated against Mosaic (libtpu 0.0.50, v5e): f32, K = 8, H = 256, R = 64 needed 7.86 MiB
+# where the buffers and one copy of each value came to 7.4 MiB; a second copy and this margin
+# cover it (see test_rpa_tpu_compile).
+MOSAIC_SCRATCH = 512 << 10
 # The most scoped VMEM the wrapper asks for: leaves room for XLA's own buffers on a 128 MiB chip.
 VMEM_LIMIT_CAP = 100 << 20
 
@@ -62,7 +71,7 @@ class KernelShape:
 
     @property
     def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
+        return jnp.dtype(self.dtype).itemsize
 
     @property
     def lane_block(self) -> int:
@@ -81,7 +90,7 @@ class VmemBudget(NamedTuple):
     kv_buffers: int  # K and V: two slots of C pages each
     q_out_blocks: int  # the pipelined q and output blocks, double-buffered by Pallas
     softmax_state: int  # running max, sum (f32[K, R, 1]) and accumulator (f32[K, R, H])
-    temporaries: int  # one head's scores, probabilities, K/V values and p @ V (Mosaic scratch)
+    temporaries: int  # twice one head's values (scores, p, K, V, p @ V) + Mosaic's own scratch
 
     @property
     def total(self) -> int:
@@ -113,14 +122,18 @@ def vmem_bytes(shape: KernelShape) -> VmemBudget:
     buf = (2, s.folds, s.pages_per_block, s.page_size, s.num_kv_heads, s.lane_block)
     q_block = (s.num_kv_heads, s.rows, s.head_dim)
     f32 = 4
+    # One head's scores and probabilities, K and V (read in folds, then joined), p @ V.
+    values = (
+        2 * padded_bytes((s.rows, block_kv), f32)
+        + 2 * padded_bytes((block_kv, s.head_dim), f32)
+        + padded_bytes((s.rows, s.head_dim), f32)
+    )
     return VmemBudget(
         kv_buffers=2 * padded_bytes(buf, s.itemsize),
         q_out_blocks=2 * 2 * padded_bytes(q_block, s.itemsize),
         softmax_state=2 * padded_bytes((s.num_kv_heads, s.rows, 1), f32)
         + padded_bytes(q_block, f32),
-        temporaries=2 * padded_bytes((s.rows, block_kv), f32)
-        + 2 * padded_bytes((block_kv, s.head_dim), f32)
-        + padded_bytes((s.rows, s.head_dim), f32),
+        temporaries=2 * values + MOSAIC_SCRATCH,
     )
 
 
@@ -131,10 +144,9 @@ def smem_bytes(shape: KernelShape) -> int:
     return 4 * words(shape.num_items) + 2 * words(TABLE_BLOCK) + words(4)
 
 
+@functools.cache
 def chip_limits(chip: str = "v5e") -> tuple[int, int, int]:
     """(scoped VMEM default, VMEM capacity, SMEM capacity) in bytes for a TPU generation."""
-    from jax.experimental.pallas import tpu as pltpu
-
     if chip not in SCOPED_VMEM_DEFAULT:
         raise ValueError(f"unknown TPU chip {chip!r}; want one of {sorted(SCOPED_VMEM_DEFAULT)}")
     info = pltpu.get_tpu_info_for_chip(pltpu.ChipVersion(chip), 1)
@@ -161,3 +173,62 @@ def vmem_limit_for(shape: KernelShape, chip: str = "v5e") -> int | None:
             f"{chip}'s {smem}: too many work items ({shape.num_items}); raise block_q"
         )
     return None if need <= scoped else -(-need // (1 << 20)) << 20
+
+
+# --- default tuning ---------------------------------------------------------------------------
+
+
+def default_block_q(max_q_len: int) -> int:
+    """Query tokens per work item: 1 for decode, up to 64 for prefill (measured on CPU)."""
+    return min(1 << (max_q_len - 1).bit_length(), 64)
+
+
+def default_pages_per_block(page_size: int, pages_per_seq: int) -> int:
+    """About 128 kv tokens per block: a power of two (it divides the table rows), <= M."""
+    pages = max(1, min(pages_per_seq, 128 // page_size))
+    return 1 << (pages.bit_length() - 1)
+
+
+def kernel_shapes(
+    *,
+    dtype,
+    num_tokens: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    page_size: int,
+    num_seqs: int,
+    pages_per_seq: int,
+    max_q_len: int,
+    block_q: int | None = None,
+    pages_per_block: int | None = None,
+    chip: str = "v5e",
+) -> tuple[KernelShape, ...]:
+    """The static shape of each pallas_call the TPU code path makes for one step: the call over
+    the batch's items, then (``max_q_len > 1``) the decodes' own one-token-item call.
+
+    Tuning left None gets the defaults: `default_pages_per_block`, and `default_block_q` halved
+    until the kernel fits `chip`'s scoped-VMEM default (`rpa_tpu_budget`).
+    """
+    group = num_heads // num_kv_heads
+    pages = pages_per_block or default_pages_per_block(page_size, pages_per_seq)
+
+    def shape(bq: int, max_q: int) -> KernelShape:
+        return KernelShape(
+            dtype=jnp.dtype(dtype).name,
+            page_size=page_size,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            rows=group * bq,
+            pages_per_block=pages,
+            num_items=rpa_blocks.num_work_items(num_seqs, num_tokens, max_q, bq),
+        )
+
+    if block_q is None:
+        block_q = default_block_q(max_q_len)
+        scoped = chip_limits(chip)[0]
+        while block_q > 1 and vmem_bytes(shape(block_q, max_q_len)).total > scoped:
+            block_q //= 2
+    if max_q_len == 1 or block_q == 1:
+        return (shape(block_q, max_q_len),)
+    return shape(block_q, max_q_len), shape(1, 1)
