@@ -31,7 +31,9 @@ reading the scalar-prefetched page table (no SMEM limit on a CPU); (b) reads a b
 f[K, C * P, H] for one dot batched over the K heads; and (c) takes the packed queries whole and
 indexes item w itself (XLA copies a blocked input's whole array on every grid step: O(W^2) for a
 prefill). The math is the same. ``tpu_code_path=True`` runs the TPU body under ``interpret=True``
-too, and a ``pltpu.InterpretParams`` interpreter always runs it (DMA semantics, race detection).
+too, and a ``pltpu.InterpretParams`` interpreter always runs it (DMA semantics, race detection;
+heads are read there by plain indexing, the same elements: it supports no reshaped or bitcast
+refs).
 
 Limits (TPU): H <= 128 or a multiple of 128; ``pages_per_block`` a power of two (it must divide
 TB); VMEM and SMEM as sized by `pcjax.kernels.rpa_tpu_budget` (the wrapper raises the scoped VMEM

@@ -36,6 +36,13 @@ every K-th row of the slot viewed as f[C * P * K, L]:
 - otherwise (bf16 with K odd, K = 1 included; K rows that do not fill whole tiles, e.g. K = 3):
   ``slot[:, :, h, :]`` (Mosaic compiles it to per-row loads and sublane rotations; about 7x the
   instructions of the strided form for bf16, K = 8, measured on Mosaic's LLO dump).
+
+Why this and not the alternatives: JAX's and tpu-inference's kernels interleave K and V heads in
+one cache array, which the engine's separate f[NP, P, K, H] pages do not; DMAing per-head rows
+(``k_pages[page, :, h]``) squeezes a tiled dim of the HBM array, which Mosaic rejects ("no tiled
+dimensions can be squeezed"); the former layout (pages viewed as f[NP, P * K, H], DMAs at row
+offsets ``j * P * K``) needs P * K to be a multiple of the tile rows and a reshape of the whole
+cache outside the kernel, which merges a tiled dim (not a free view on TPU unless K fills tiles).
 """
 
 from typing import NamedTuple
