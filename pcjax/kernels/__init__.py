@@ -5,7 +5,7 @@ Implementations (the `impl` of `ragged_paged_attention`):
 
 =============  ================================================================================
 reference      plain jnp (`ref_ragged_paged_attention`): gathers all M pages of every sequence
-pallas_tpu     `rpa_tpu`: Mosaic TPU kernel (scalar prefetch, double-buffered page DMAs);
+pallas_tpu     `rpa_tpu`: Mosaic TPU kernel (page-table rows in SMEM, prefetched page DMAs);
                interpret mode (an XLA loop) off TPU
 pallas_gpu     `rpa_gpu`: Triton GPU kernel (split-KV); interpret mode off GPU
 pallas         the platform's kernel: pallas_tpu on TPU, pallas_gpu on GPU, and on CPU the
