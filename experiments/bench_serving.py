@@ -20,6 +20,7 @@ by its process id. The machine load (1-minute average) is recorded with every ro
 
 import asyncio
 import json
+import logging
 import os
 import random
 import statistics
@@ -73,10 +74,10 @@ async def _one_request(http, url: str, prompt: list[int], output_len: int) -> di
     ttft, chunk_times, usage = None, [], None
     async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for data in serving_utils.sse_events(r):
+            if data == "[DONE]":
                 continue
-            chunk = json.loads(line[6:])
+            chunk = json.loads(data)
             now = time.perf_counter()
             if chunk.get("choices"):
                 ttft = ttft if ttft is not None else now - start
@@ -219,6 +220,7 @@ def print_table(result: dict) -> None:
 
 def main(argv):
     del argv
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     os.makedirs(_WORKDIR.value, exist_ok=True)
     model_dir = _MODEL_DIR.value or os.path.join(_WORKDIR.value, "pcjax-small-hf")
     if _MODEL_DIR.value is None and not os.path.exists(os.path.join(model_dir, "config.json")):

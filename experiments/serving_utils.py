@@ -88,3 +88,21 @@ def metric_value(metrics_text: str, name: str, **labels) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+async def sse_events(response):
+    """The ``data:`` payloads of a streaming response, split on newlines only.
+
+    (``aiter_lines`` also splits on U+2028, U+0085 and the like, which servers may leave
+    unescaped inside the JSON of a chunk.)
+    """
+    buffer = ""
+    async for text in response.aiter_text():
+        buffer += text
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            line = line.rstrip("\r")
+            if line.startswith("data: "):
+                yield line[6:]
+    if buffer.startswith("data: "):
+        yield buffer[6:].rstrip("\r")
