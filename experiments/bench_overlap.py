@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from experiments.bench_serving import make_workload
+from experiments.serving_utils import make_workload
 from pcjax import Engine, SamplingParams
 from pcjax.engine.steps import OverlapLoop
 

@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import statistics
 import time
 
@@ -53,17 +52,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_serving", "JSON, logs, 
 SERVED_NAME = "bench"
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
             "VLLM_SERVER_DEV_MODE": "1"}  # fmt: skip
-
-
-def make_workload(seed: int, groups: int, per_group: int, system_len: int, question_len: int):
-    """SGLang's generated-shared-prefix prompts (token ids), group after group."""
-    rng = random.Random(seed)
-    systems = [[rng.randrange(3, 250) for _ in range(system_len)] for _ in range(groups)]
-    return [
-        system + [rng.randrange(3, 250) for _ in range(question_len)]
-        for system in systems
-        for _ in range(per_group)
-    ]
 
 
 async def _one_request(http, url: str, prompt: list[int], output_len: int) -> dict:
@@ -173,7 +161,7 @@ def reset_cache(url: str) -> None:
 
 
 def run_all(urls: dict[str, str], model_dir: str) -> dict:
-    workload = lambda seed: make_workload(  # noqa: E731
+    workload = lambda seed: serving_utils.make_workload(  # noqa: E731
         seed, _GROUPS.value, _PER_GROUP.value, _SYSTEM_LEN.value, _QUESTION_LEN.value
     )
     rounds = {system: [] for system in urls}

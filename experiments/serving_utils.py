@@ -5,6 +5,7 @@ Every server started here listens on 127.0.0.1 and is stopped by its process id 
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -106,3 +107,14 @@ async def sse_events(response):
                 yield line[6:]
     if buffer.startswith("data: "):
         yield buffer[6:].rstrip("\r")
+
+
+def make_workload(seed: int, groups: int, per_group: int, system_len: int, question_len: int):
+    """SGLang's generated-shared-prefix prompts (token ids), group after group."""
+    rng = random.Random(seed)
+    systems = [[rng.randrange(3, 250) for _ in range(system_len)] for _ in range(groups)]
+    return [
+        system + [rng.randrange(3, 250) for _ in range(question_len)]
+        for system in systems
+        for _ in range(per_group)
+    ]
