@@ -4,8 +4,10 @@ before step k is waited for; `pcjax.engine.steps.OverlapLoop`), rounds alternati
 
     python -m experiments.bench_overlap --model=pcjax-small --rounds=3
 
-Reports per mode the median wall time of a round, output tokens/s and steps, with the machine's
-1-minute load, and the speedup of the medians. Writes ``bench_overlap.json`` under --workdir.
+Reports per mode the median wall time of a round, output tokens/s and steps, where a step's
+time goes (host work before dispatch, the wait for the device's result, the rest of the host
+work: post-processing), the machine's 1-minute load, and the speedup of the medians.
+Writes ``bench_overlap.json`` under --workdir.
 """
 
 import json
@@ -15,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from experiments.bench_serving import make_workload
+from experiments.serving_utils import make_workload
 from pcjax import Engine, SamplingParams
 from pcjax.engine.steps import OverlapLoop
 
@@ -38,14 +40,20 @@ def run_round(engine: Engine, prompts, overlap: bool) -> dict:
     for prompt in prompts:
         engine.add_request(prompt, params)
     loop = OverlapLoop(engine) if overlap else None
-    steps_before = engine.stats()["num_steps"]
+    before = engine.stats()
     start, tokens = time.perf_counter(), 0
     while loop.has_work() if loop else engine.has_unfinished_requests():
         for out in loop.step() if loop else engine.step():
             tokens += len(out.token_ids)
     wall = time.perf_counter() - start
-    steps = engine.stats()["num_steps"] - steps_before
+    after = engine.stats()
+    steps = after["num_steps"] - before["num_steps"]
+    host = after["host_begin_s"] - before["host_begin_s"]
+    wait = after["device_wait_s"] - before["device_wait_s"]
     return {"wall_s": wall, "output_tokens_per_s": tokens / wall, "steps": steps,
+            "host_begin_ms_per_step": 1e3 * host / steps,
+            "device_wait_ms_per_step": 1e3 * wait / steps,
+            "other_host_ms_per_step": 1e3 * (wall - host - wait) / steps,
             "load_avg_1m": os.getloadavg()[0]}  # fmt: skip
 
 
@@ -68,11 +76,13 @@ def main(argv):
         for mode, rounds in results.items()
     }
     summary["overlap_speedup"] = summary["plain"]["wall_s"] / summary["overlap"]["wall_s"]
-    print(f"{'mode':<10}{'wall s':>10}{'tok/s':>10}{'steps':>8}{'load':>8}")
+    print(f"{'mode':<10}{'wall s':>9}{'tok/s':>8}{'steps':>7}{'begin ms':>10}{'wait ms':>9}"
+          f"{'other ms':>10}{'load':>6}")  # fmt: skip
     for mode in ("plain", "overlap"):
         m = summary[mode]
-        print(f"{mode:<10}{m['wall_s']:>10.2f}{m['output_tokens_per_s']:>10.1f}"
-              f"{m['steps']:>8.0f}{m['load_avg_1m']:>8.1f}")  # fmt: skip
+        print(f"{mode:<10}{m['wall_s']:>9.2f}{m['output_tokens_per_s']:>8.1f}{m['steps']:>7.0f}"
+              f"{m['host_begin_ms_per_step']:>10.2f}{m['device_wait_ms_per_step']:>9.2f}"
+              f"{m['other_host_ms_per_step']:>10.2f}{m['load_avg_1m']:>6.1f}")  # fmt: skip
     print(f"overlap speedup (plain wall / overlap wall, median): {summary['overlap_speedup']:.3f}")
     os.makedirs(_WORKDIR.value, exist_ok=True)
     with open(os.path.join(_WORKDIR.value, "bench_overlap.json"), "w") as f:

@@ -20,8 +20,8 @@ by its process id. The machine load (1-minute average) is recorded with every ro
 
 import asyncio
 import json
+import logging
 import os
-import random
 import statistics
 import time
 
@@ -54,17 +54,6 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
             "VLLM_SERVER_DEV_MODE": "1"}  # fmt: skip
 
 
-def make_workload(seed: int, groups: int, per_group: int, system_len: int, question_len: int):
-    """SGLang's generated-shared-prefix prompts (token ids), group after group."""
-    rng = random.Random(seed)
-    systems = [[rng.randrange(3, 250) for _ in range(system_len)] for _ in range(groups)]
-    return [
-        system + [rng.randrange(3, 250) for _ in range(question_len)]
-        for system in systems
-        for _ in range(per_group)
-    ]
-
-
 async def _one_request(http, url: str, prompt: list[int], output_len: int) -> dict:
     body = {"model": SERVED_NAME, "prompt": prompt, "max_tokens": output_len, "temperature": 0,
             "ignore_eos": True, "stream": True,
@@ -73,10 +62,10 @@ async def _one_request(http, url: str, prompt: list[int], output_len: int) -> di
     ttft, chunk_times, usage = None, [], None
     async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for data in serving_utils.sse_events(r):
+            if data == "[DONE]":
                 continue
-            chunk = json.loads(line[6:])
+            chunk = json.loads(data)
             now = time.perf_counter()
             if chunk.get("choices"):
                 ttft = ttft if ttft is not None else now - start
@@ -172,7 +161,7 @@ def reset_cache(url: str) -> None:
 
 
 def run_all(urls: dict[str, str], model_dir: str) -> dict:
-    workload = lambda seed: make_workload(  # noqa: E731
+    workload = lambda seed: serving_utils.make_workload(  # noqa: E731
         seed, _GROUPS.value, _PER_GROUP.value, _SYSTEM_LEN.value, _QUESTION_LEN.value
     )
     rounds = {system: [] for system in urls}
@@ -219,6 +208,7 @@ def print_table(result: dict) -> None:
 
 def main(argv):
     del argv
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     os.makedirs(_WORKDIR.value, exist_ok=True)
     model_dir = _MODEL_DIR.value or os.path.join(_WORKDIR.value, "pcjax-small-hf")
     if _MODEL_DIR.value is None and not os.path.exists(os.path.join(model_dir, "config.json")):

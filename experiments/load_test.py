@@ -15,6 +15,7 @@ the flags, since the greedy references come from an offline engine built from th
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -87,10 +88,10 @@ async def _well_formed(http, url, body, stream: bool):
     text, cached = "", None
     async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for data in serving_utils.sse_events(r):
+            if data == "[DONE]":
                 continue
-            chunk = json.loads(line[6:])
+            chunk = json.loads(data)
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
             text += "".join(c["text"] for c in chunk["choices"])
@@ -150,6 +151,8 @@ async def run_load(url, model, prompts, expected, jobs, *, clients, max_tokens, 
                     text, cached = await _well_formed(http, url, body, stream)
                     record.update(prompt_tokens=len(prompts[what]), cached_tokens=cached)
                     record["outcome"] = "ok" if text == expected[what] else "wrong_text"
+            except httpx.HTTPStatusError as exc:
+                record["outcome"] = f"error:status_{exc.response.status_code}"
             except Exception as exc:  # noqa: BLE001 - counted by kind
                 record["outcome"] = f"error:{type(exc).__name__}"
             records.append(record)
@@ -165,7 +168,8 @@ def settle(url: str, timeout_s: float = 120) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         state = httpx.get(f"{url}/debug/engine", timeout=60).json()
-        if state["stats"]["running"] == 0 and state["stats"]["waiting"] == 0:
+        stats = state["stats"]
+        if stats["running"] == stats["waiting"] == state.get("in_flight_sequences", 0) == 0:
             break
         if time.monotonic() > deadline:
             break
@@ -190,6 +194,7 @@ def summarize(records: list[dict], state: dict, wall_s: float) -> dict:
         "engine_hit_rate": stats["prefix_cache_hit_rate"],
         "integrity": state["integrity"],
         "in_use_pages": stats["in_use_pages"],
+        "in_flight_sequences": state.get("in_flight_sequences"),
         "running": stats["running"],
         "waiting": stats["waiting"],
         "health": state["health"],
@@ -200,6 +205,7 @@ def summarize(records: list[dict], state: dict, wall_s: float) -> dict:
             and state["integrity"] == "ok"
             and stats["in_use_pages"] == 0
             and stats["running"] == 0
+            and not state.get("in_flight_sequences")
             and state["health"] == 200
         ),
     }
@@ -230,6 +236,7 @@ def reference_texts(kwargs: dict, prompts, max_tokens: int) -> list[str]:
 
 def main(argv):
     del argv
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     per_group = -(-_NUM_REQUESTS.value // _GROUPS.value)
     prompts = make_prompts(
         _SEED.value, _GROUPS.value, per_group, _PREFIX_LEN.value, _SUFFIX_LEN.value
@@ -276,7 +283,8 @@ def _print(summary: dict) -> None:
     for name, count in summary["outcomes"].items():
         print(f"{name:<32} {count:>6}")
     for key in ("requests", "well_formed", "well_formed_correct", "hit_rate_well_formed",
-                "engine_hit_rate", "integrity", "in_use_pages", "running", "health", "wall_s",
+                "engine_hit_rate", "integrity", "in_use_pages", "in_flight_sequences", "running",
+                "health", "wall_s",
                 "load_avg", "passed"):  # fmt: skip
         print(f"{key:<32} {summary[key]}")
 

@@ -5,6 +5,7 @@ Every server started here listens on 127.0.0.1 and is stopped by its process id 
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -88,3 +89,32 @@ def metric_value(metrics_text: str, name: str, **labels) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+async def sse_events(response):
+    """The ``data:`` payloads of a streaming response, split on newlines only.
+
+    (``aiter_lines`` also splits on U+2028, U+0085 and the like, which servers may leave
+    unescaped inside the JSON of a chunk.)
+    """
+    buffer = ""
+    async for text in response.aiter_text():
+        buffer += text
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            line = line.rstrip("\r")
+            if line.startswith("data: "):
+                yield line[6:]
+    if buffer.startswith("data: "):
+        yield buffer[6:].rstrip("\r")
+
+
+def make_workload(seed: int, groups: int, per_group: int, system_len: int, question_len: int):
+    """SGLang's generated-shared-prefix prompts (token ids), group after group."""
+    rng = random.Random(seed)
+    systems = [[rng.randrange(3, 250) for _ in range(system_len)] for _ in range(groups)]
+    return [
+        system + [rng.randrange(3, 250) for _ in range(question_len)]
+        for system in systems
+        for _ in range(per_group)
+    ]

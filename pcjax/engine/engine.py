@@ -274,6 +274,10 @@ class Engine(StepMixin):
             "evicted_pages": kv.evicted_pages,
             "preemptions": c["preemptions"],
             "num_steps": c["num_steps"],
+            # where a step's time goes: host work before dispatch (schedule, build, dispatch,
+            # advance) and the wait for the device's result; the rest is post-processing
+            "host_begin_s": c["host_begin_us"] / 1e6,
+            "device_wait_s": c["device_wait_us"] / 1e6,
             "num_pages": self.limits.num_pages,
             "free_pages": kv.pool.num_free,
             "cached_pages": kv.cache.num_cached_pages,

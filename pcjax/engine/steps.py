@@ -83,6 +83,7 @@ class StepMixin:
             self._fail_step(scheduled)
             return InFlightStep(scheduled, [], None, start, prompt_tokens, failed=True)
         samples = [self._advance(req, n, row) for row, (req, n) in enumerate(scheduled.entries)]
+        self.counters["host_begin_us"] += int(1e6 * (time.perf_counter() - start))
         return InFlightStep(scheduled, samples, result, start, prompt_tokens)
 
     def _advance(self, req: Request, num_tokens: int, row: int) -> bool:
@@ -107,7 +108,9 @@ class StepMixin:
             return self._take_outputs()
         if not step.failed:
             try:
+                waited = time.perf_counter()
                 result = jax.device_get(step.result)
+                self.counters["device_wait_us"] += int(1e6 * (time.perf_counter() - waited))
             except Exception:
                 logger.exception("a step of %d requests failed", len(step.scheduled.entries))
                 self._fail_step(step.scheduled)

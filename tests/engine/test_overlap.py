@@ -46,9 +46,10 @@ def test_sampling_stops_and_lengths_match_plain_steps(prompts):
         SamplingParams(temperature=0, max_tokens=200, ignore_eos=True),  # up to max_model_len
         dataclasses.replace(GREEDY, logprobs=2),
     ]
+    plain_engine, overlap_engine = make_engine(), make_engine()
     for sp in params:
-        plain = make_engine().generate(prompts[:3], sp, use_tqdm=False)
-        overlapped = run_overlapped(make_engine(), prompts[:3], sp)
+        plain = plain_engine.generate(prompts[:3], sp, use_tqdm=False)
+        overlapped = run_overlapped(overlap_engine, prompts[:3], sp)
         assert [o.token_ids for o in overlapped] == [o.token_ids for o in plain]
         assert [o.finish_reason for o in overlapped] == [o.finish_reason for o in plain]
         assert [o.text for o in overlapped] == [o.text for o in plain]

@@ -162,6 +162,10 @@ def test_disconnects_abort_and_free_pages(server):
     state = wait_idle(server)
     assert state["integrity"] == "ok"
     assert state["stats"]["in_use_pages"] == 0
+    deadline = time.monotonic() + 30
+    while debug(server)["in_flight_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.2)  # the aborted streams close
+    assert debug(server)["in_flight_sequences"] == 0
     text = metrics(server)
     assert serving_utils.metric_value(text, "pcjax:num_requests_running") == 0
     assert (

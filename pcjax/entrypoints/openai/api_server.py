@@ -17,6 +17,7 @@ import logging
 import sys
 import threading
 
+import anyio
 import fastapi
 import uvicorn
 from fastapi.exceptions import RequestValidationError
@@ -84,10 +85,22 @@ async def _generate(state: ServerState, handler, req, raw: fastapi.Request):
     serving.admit(params.n * len(sequences))
     args = (serving, req, model, request_id, sequences, params)
     if req.stream:
-        # A client that goes away cancels this stream; closing it aborts the engine requests.
-        return StreamingResponse(handler.stream_response(*args), media_type="text/event-stream")
+        return _AbortingStream(handler.stream_response(*args), media_type="text/event-stream")
     body = await _unless_disconnected(raw, handler.full_response(*args))
-    return JSONResponse(body)
+    return body if isinstance(body, Response) else JSONResponse(body)
+
+
+class _AbortingStream(StreamingResponse):
+    """A stream that closes its generator however it ends. Starlette cancels a stream whose
+    client went away but leaves the generator suspended; closing it runs its ``finally``, which
+    aborts the engine requests and releases their admission slots."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
 
 
 async def _unless_disconnected(raw: fastapi.Request, coro):

@@ -40,6 +40,12 @@ def add_server_args(parser: argparse.ArgumentParser, *, positional_model: bool =
     a("--attention-impl", default="auto", choices=ATTENTION_IMPLS)
     a("--seed", type=int, default=0)
     a("--log-interval", type=float, default=5.0, help="seconds between stats log lines")
+    a(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="prepare and dispatch step k+1 before waiting for step k (overlap scheduling)",
+    )
     unused = "accepted for the reference deployment's command line; this single-process server "
     a("--engine-worker-queue-port", type=int, default=None, help=unused + "does not use it")
     a("--cache-queue-port", type=int, default=None, help=unused + "does not use it")

@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: messages through the model's chat template -> choices, JSON or SSE
 (the role in each choice's first delta, the finish reason in its last)."""
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from pcjax.entrypoints.openai import protocol as p
@@ -35,15 +36,16 @@ def logprobs_block(tokenizer, logprobs) -> p.ChatLogprobs:
 
 async def full_response(serving, req, model, request_id, sequences, params) -> dict:
     texts, tokens, reasons, lps, cached = {}, {}, {}, {}, 0
-    async for _, out in serving.run(sequences, params, req.cache_salt):
-        cached = out.num_cached_tokens
-        for sample in out.outputs:
-            i = sample.index
-            texts[i] = texts.get(i, "") + sample.text
-            tokens[i] = tokens.get(i, 0) + len(sample.token_ids)
-            reasons[i] = sample.finish_reason
-            if sample.logprobs is not None:
-                lps.setdefault(i, []).extend(sample.logprobs)
+    async with contextlib.aclosing(serving.run(sequences, params, req.cache_salt)) as results:
+        async for _, out in results:
+            cached = out.num_cached_tokens
+            for sample in out.outputs:
+                i = sample.index
+                texts[i] = texts.get(i, "") + sample.text
+                tokens[i] = tokens.get(i, 0) + len(sample.token_ids)
+                reasons[i] = sample.finish_reason
+                if sample.logprobs is not None:
+                    lps.setdefault(i, []).extend(sample.logprobs)
     if "error" in reasons.values():
         raise RequestError("the engine failed while running this request", 500)
     choices = [
@@ -73,26 +75,27 @@ async def stream_response(serving, req, model, request_id, sequences, params) ->
     yield chunk([p.ChatChunkChoice(index=i, delta=role) for i in range(params.n)])
     num_tokens, cached = 0, 0
     try:
-        async for _, out in serving.run(sequences, params, req.cache_salt):
-            cached, choices = out.num_cached_tokens, []
-            for sample in out.outputs:
-                num_tokens += len(sample.token_ids)
-                if not sample.token_ids and not sample.text and not sample.finished:
-                    continue  # a chunk per token, as vLLM: its text may be held back (empty)
-                block = None
-                if sample.logprobs:
-                    block = logprobs_block(serving.tokenizer, sample.logprobs)
-                delta = p.DeltaMessage(content=sample.text) if sample.text else p.DeltaMessage()
-                choices.append(
-                    p.ChatChunkChoice(
-                        index=sample.index,
-                        delta=delta,
-                        logprobs=block,
-                        finish_reason=sample.finish_reason,
+        async with contextlib.aclosing(serving.run(sequences, params, req.cache_salt)) as results:
+            async for _, out in results:
+                cached, choices = out.num_cached_tokens, []
+                for sample in out.outputs:
+                    num_tokens += len(sample.token_ids)
+                    if not sample.token_ids and not sample.text and not sample.finished:
+                        continue  # a chunk per token, as vLLM: its text may be held back (empty)
+                    block = None
+                    if sample.logprobs:
+                        block = logprobs_block(serving.tokenizer, sample.logprobs)
+                    delta = p.DeltaMessage(content=sample.text) if sample.text else p.DeltaMessage()
+                    choices.append(
+                        p.ChatChunkChoice(
+                            index=sample.index,
+                            delta=delta,
+                            logprobs=block,
+                            finish_reason=sample.finish_reason,
+                        )
                     )
-                )
-            if choices:
-                yield chunk(choices)
+                if choices:
+                    yield chunk(choices)
     except RequestError as exc:
         yield sse(exc.body())
     except Exception as exc:  # noqa: BLE001 - the stream has begun: report it in-band

@@ -1,5 +1,6 @@
 """POST /v1/completions: prompts (text or token ids, one or a list) -> choices, JSON or SSE."""
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from pcjax.entrypoints.openai import protocol as p
@@ -41,15 +42,16 @@ def logprobs_block(tokenizer, logprobs, text_start: int) -> p.CompletionLogprobs
 
 async def full_response(serving, req, model, request_id, sequences, params) -> dict:
     texts, tokens, reasons, lps, cached = {}, {}, {}, {}, {}
-    async for seq, out in serving.run(sequences, params, req.cache_salt):
-        cached[seq.request_id] = out.num_cached_tokens
-        for sample in out.outputs:
-            index = seq.choice_offset + sample.index
-            texts[index] = texts.get(index, "") + sample.text
-            tokens[index] = tokens.get(index, 0) + len(sample.token_ids)
-            reasons[index] = sample.finish_reason
-            if sample.logprobs is not None:
-                lps.setdefault(index, []).extend(sample.logprobs)
+    async with contextlib.aclosing(serving.run(sequences, params, req.cache_salt)) as results:
+        async for seq, out in results:
+            cached[seq.request_id] = out.num_cached_tokens
+            for sample in out.outputs:
+                index = seq.choice_offset + sample.index
+                texts[index] = texts.get(index, "") + sample.text
+                tokens[index] = tokens.get(index, 0) + len(sample.token_ids)
+                reasons[index] = sample.finish_reason
+                if sample.logprobs is not None:
+                    lps.setdefault(index, []).extend(sample.logprobs)
     if "error" in reasons.values():
         raise RequestError("the engine failed while running this request", 500)
     choices = [
@@ -74,31 +76,32 @@ async def full_response(serving, req, model, request_id, sequences, params) -> d
 async def stream_response(serving, req, model, request_id, sequences, params) -> AsyncIterator[str]:
     num_tokens, cached, offsets = 0, {}, {}
     try:
-        async for seq, out in serving.run(sequences, params, req.cache_salt):
-            cached[seq.request_id] = out.num_cached_tokens
-            choices = []
-            for sample in out.outputs:
-                index = seq.choice_offset + sample.index
-                num_tokens += len(sample.token_ids)
-                if not sample.token_ids and not sample.text and not sample.finished:
-                    continue  # a chunk per token, as vLLM: its text may be held back (empty)
-                block = None
-                if sample.logprobs:
-                    block = logprobs_block(
-                        serving.tokenizer, sample.logprobs, offsets.get(index, 0)
+        async with contextlib.aclosing(serving.run(sequences, params, req.cache_salt)) as results:
+            async for seq, out in results:
+                cached[seq.request_id] = out.num_cached_tokens
+                choices = []
+                for sample in out.outputs:
+                    index = seq.choice_offset + sample.index
+                    num_tokens += len(sample.token_ids)
+                    if not sample.token_ids and not sample.text and not sample.finished:
+                        continue  # a chunk per token, as vLLM: its text may be held back (empty)
+                    block = None
+                    if sample.logprobs:
+                        block = logprobs_block(
+                            serving.tokenizer, sample.logprobs, offsets.get(index, 0)
+                        )
+                    offsets[index] = offsets.get(index, 0) + len(sample.text)
+                    choices.append(
+                        p.CompletionChoice(
+                            index=index,
+                            text=sample.text,
+                            logprobs=block,
+                            finish_reason=sample.finish_reason,
+                        )
                     )
-                offsets[index] = offsets.get(index, 0) + len(sample.text)
-                choices.append(
-                    p.CompletionChoice(
-                        index=index,
-                        text=sample.text,
-                        logprobs=block,
-                        finish_reason=sample.finish_reason,
-                    )
-                )
-            if choices:
-                chunk = p.CompletionResponse(id=request_id, model=model, choices=choices)
-                yield sse(p.dump(chunk))
+                if choices:
+                    chunk = p.CompletionResponse(id=request_id, model=model, choices=choices)
+                    yield sse(p.dump(chunk))
     except RequestError as exc:
         yield sse(exc.body())
     except Exception as exc:  # noqa: BLE001 - the stream has begun: report it in-band

@@ -93,7 +93,9 @@ def _add_engine_routes(app: fastapi.FastAPI, state: ServerState) -> None:
                 integrity = f"failed: {exc}"
             return {"integrity": integrity, "stats": engine.stats()}
 
-        return await serving.engine.call(inspect)
+        state_ = await serving.engine.call(inspect)
+        state_["in_flight_sequences"] = serving.in_flight  # admitted, not yet ended
+        return state_
 
     async def model_info():
         return {"model_path": state.config.model, "tokenizer_path": state.config.model,

@@ -7,6 +7,7 @@ request beyond that gets a 429 at once instead of waiting without bound.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -157,12 +158,14 @@ class OpenAIServing:
                 prompt = {"prompt_token_ids": seq.token_ids}
                 if salt is not None:
                     prompt["cache_salt"] = salt
-                async for out in self.engine.generate(prompt, params, seq.request_id):
-                    await queue.put((seq, out))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                await queue.put(exc)
+                stream = self.engine.generate(prompt, params, seq.request_id)
+                async with contextlib.aclosing(stream) as outputs:
+                    async for out in outputs:
+                        queue.put_nowait((seq, out))
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                queue.put_nowait(exc)
             finally:
-                await queue.put(done)
+                queue.put_nowait(done)
 
         tasks = [asyncio.ensure_future(pump(seq)) for seq in sequences]
         try:
@@ -176,10 +179,11 @@ class OpenAIServing:
                 else:
                     yield item
         finally:
+            # No await here: a stream cancelled by anyio (a client that left) would be cancelled
+            # again at any await, and the slots would never be given back.
+            self.in_flight -= params.n * len(sequences)
             for task in tasks:
                 task.cancel()  # closes the engine streams: unfinished requests are aborted
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.in_flight -= params.n * len(sequences)
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> p.Usage:

@@ -57,7 +57,8 @@ class ServerState:
             self.metrics.start_from(engine)
             self._metrics_ready.set()
             observers = (self.metrics, StatsLogger(logger.info, _log_interval(self.args)))
-            async_engine = AsyncEngine(engine, observers)
+            overlap = bool(getattr(self.args, "async_scheduling", False))
+            async_engine = AsyncEngine(engine, observers, overlap=overlap)
             async_engine.start()
             self._async_engine = async_engine
             max_in_flight = IN_FLIGHT_PER_SEQ * self.config.max_num_seqs
