@@ -36,11 +36,13 @@ def initialize(
     Args:
       coordinator_address: ``host:port`` of process 0's coordinator service.
       num_processes, process_id: how many processes, and which one this is (0 leads).
-      num_cpu_devices: CPU devices this process simulates (CPU only; None: jax's default).
+      num_cpu_devices: run on the CPU platform with this many devices per process (testing on
+        one machine); None: the platform's own devices.
     """
     if not 0 <= process_id < num_processes:
         raise ValueError(f"process_id {process_id} outside [0, num_processes={num_processes})")
     if num_cpu_devices is not None:
+        jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", num_cpu_devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
@@ -71,7 +73,8 @@ class Channel:
 
 def encode(op: str, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``(header i32[HEADER_LEN], body i32[n])`` of a command (see the module docstring)."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    arrays = [np.asarray(a) for a in arrays]
+    arrays = [a if a.flags.c_contiguous else a.copy() for a in arrays]  # 0-d arrays stay 0-d
     header = np.zeros(HEADER_LEN, np.int32)
     if 3 + (2 + _MAX_DIMS) * len(arrays) > HEADER_LEN:
         raise ValueError(f"too many arrays for one command: {len(arrays)}")
