@@ -12,7 +12,7 @@ one sharded step for all (`runner`), host tier per replica (`transfers`). Severa
 from pcjax.parallel.engine_parts import ParallelParts, build_parts, loading_device, resolve_mesh
 from pcjax.parallel.layout import TensorLayout, tensor_layout
 from pcjax.parallel.mesh import AXES, DATA_AXIS, MODEL_AXIS, make_mesh
-from pcjax.parallel.multihost import follow, initialize, stop_followers
+from pcjax.parallel.multihost import follow, initialize, stop_followers, use_cpu_devices
 
 __all__ = [
     "AXES",
@@ -28,4 +28,5 @@ __all__ = [
     "resolve_mesh",
     "stop_followers",
     "tensor_layout",
+    "use_cpu_devices",
 ]

@@ -16,7 +16,8 @@ unfinished requests plus the tokens they may still generate) and ``uncached(requ
 request's prompt tokens that replica r will not hold when it runs the request: neither in its
 tree (device or host tier) nor in the prompt of a request it already has (whose pages the tree
 gets once computed; so a burst of requests sharing a new prefix stays together). Page-aligned,
-as the tree matches. Ties go to the longer cached prefix, then the lower index. This folds the
+as the tree matches. Ties go to the longer cached prefix, then to the replica that was given
+fewer requests (so idle replicas take turns), then to the lower index. This folds the
 rule of tpu-inference's DP scheduler (best prefix hit, else least tokens) into one cost. A
 request then stays on its replica (through preemption too); an ``n > 1`` request's samples share
 it.
@@ -89,7 +90,7 @@ class ReplicaScheduler:
                 max((_shared_prefix(req, q, scheduler.kv.page_size) for q in queued), default=0),
             )
             pending = sum(pending_tokens(q) for q in queued)
-            rank = (pending + len(tokens) - cached, -cached, r)
+            rank = (pending + len(tokens) - cached, -cached, self.num_dispatched[r], r)
             if best_key is None or rank < best_key:
                 best, best_key = r, rank
         return best

@@ -35,6 +35,58 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_processes(
+    command: list[str],
+    num_processes: int,
+    *,
+    cpu_devices_per_process: int | None = None,
+    log_dir: str = ".",
+    port: int | None = None,
+    env: dict | None = None,
+) -> list[subprocess.Popen]:
+    """Starts ``command`` as processes 0..N-1 of one job (see the module docstring), output to
+    ``log_dir/process_i.log``; the caller stops them (`stop_processes`)."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    port = port or free_port()
+    os.makedirs(log_dir, exist_ok=True)
+    procs = []
+    try:
+        for i in range(num_processes):
+            args = [
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={num_processes}",
+                f"--process_id={i}",
+            ]
+            if cpu_devices_per_process is not None:
+                args.append(f"--num_cpu_devices={cpu_devices_per_process}")
+            with open(os.path.join(log_dir, f"process_{i}.log"), "w") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [*command, *args], stdout=log, stderr=subprocess.STDOUT, env=env
+                    )
+                )
+    except BaseException:
+        stop_processes(procs)
+        raise
+    return procs
+
+
+def stop_processes(procs: list[subprocess.Popen], grace_s: float = 0.0) -> None:
+    """Stops the processes still running, by their ids: SIGTERM, ``grace_s``, then SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None and grace_s > 0:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def launch(
     command: list[str],
     num_processes: int,
@@ -45,47 +97,31 @@ def launch(
     port: int | None = None,
     env: dict | None = None,
 ) -> list[ProcessResult]:
-    """Runs ``command`` as processes 0..N-1 of one job (see the module docstring); returns how
-    each ended. Nothing it started is left running."""
-    if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    port = port or free_port()
-    os.makedirs(log_dir, exist_ok=True)
-    procs, logs = [], []
+    """Runs ``command`` as processes 0..N-1 of one job until all end (or one fails, or the time
+    runs out); returns how each ended. Nothing it started is left running."""
+    procs = start_processes(
+        command,
+        num_processes,
+        cpu_devices_per_process=cpu_devices_per_process,
+        log_dir=log_dir,
+        port=port,
+        env=env,
+    )
     try:
-        for i in range(num_processes):
-            args = [
-                f"--coordinator_address=127.0.0.1:{port}",
-                f"--num_processes={num_processes}",
-                f"--process_id={i}",
-            ]
-            if cpu_devices_per_process is not None:
-                args.append(f"--num_cpu_devices={cpu_devices_per_process}")
-            path = os.path.join(log_dir, f"process_{i}.log")
-            log = open(path, "w")  # noqa: SIM115 - closed below
-            logs.append(log)
-            procs.append(
-                subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-            )
-        return _wait(procs, logs, timeout)
+        return _wait(procs, log_dir, timeout)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
+        stop_processes(procs)
 
 
-def _wait(procs, logs, timeout: float) -> list[ProcessResult]:
+def _wait(procs, log_dir: str, timeout: float) -> list[ProcessResult]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         if any(p.poll() not in (None, 0) for p in procs):
             break  # one failed: the others would wait for it forever
         time.sleep(0.2)
     return [
-        ProcessResult(i, p.poll(), log.name)
-        for i, (p, log) in enumerate(zip(procs, logs, strict=True))
+        ProcessResult(i, p.poll(), os.path.join(log_dir, f"process_{i}.log"))
+        for i, p in enumerate(procs)
     ]
 
 

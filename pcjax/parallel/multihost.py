@@ -42,10 +42,18 @@ def initialize(
     if not 0 <= process_id < num_processes:
         raise ValueError(f"process_id {process_id} outside [0, num_processes={num_processes})")
     if num_cpu_devices is not None:
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", num_cpu_devices)
+        use_cpu_devices(num_cpu_devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def use_cpu_devices(num_devices: int) -> None:
+    """Runs this process on the CPU platform with ``num_devices`` (simulated) devices; call it
+    before anything else uses jax."""
+    if num_devices < 1:
+        raise ValueError(f"num_cpu_devices must be >= 1, got {num_devices}")
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", num_devices)
 
 
 class Channel:

@@ -72,6 +72,9 @@ class ServerState:
     def shutdown(self) -> None:
         if self._async_engine is not None:
             self._async_engine.shutdown()
+            from pcjax import parallel
+
+            parallel.stop_followers(self._async_engine.engine)  # other processes, if any
 
     def start_metrics_server(self, host: str, port: int) -> None:
         """Serves /metrics on its own port (prometheus_client's server thread)."""
