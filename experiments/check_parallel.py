@@ -151,9 +151,9 @@ def main(argv):
     else:
         raise app.UsageError("several processes need --reference (a one-process run's JSON)")
     rows = [row for spec in _MESHES.value if (row := check_mesh(spec, prompts, reference))]
-    if jax.process_index() != 0:
-        return
-    report(rows, reference)
+    if jax.process_index() == 0:
+        report(rows, reference)
+    parallel.shutdown()
     if not all(row["identical"] for row in rows):
         sys.exit(1)
 

@@ -12,7 +12,13 @@ one sharded step for all (`runner`), host tier per replica (`transfers`). Severa
 from pcjax.parallel.engine_parts import ParallelParts, build_parts, loading_device, resolve_mesh
 from pcjax.parallel.layout import TensorLayout, tensor_layout
 from pcjax.parallel.mesh import AXES, DATA_AXIS, MODEL_AXIS, make_mesh
-from pcjax.parallel.multihost import follow, initialize, stop_followers, use_cpu_devices
+from pcjax.parallel.multihost import (
+    follow,
+    initialize,
+    shutdown,
+    stop_followers,
+    use_cpu_devices,
+)
 
 __all__ = [
     "AXES",
@@ -26,6 +32,7 @@ __all__ = [
     "loading_device",
     "make_mesh",
     "resolve_mesh",
+    "shutdown",
     "stop_followers",
     "tensor_layout",
     "use_cpu_devices",

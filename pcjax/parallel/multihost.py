@@ -47,6 +47,13 @@ def initialize(
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
+def shutdown() -> None:
+    """Leaves ``jax.distributed`` together with the other processes (a barrier: process 0's
+    coordinator must outlive the others' goodbyes). A no-op with one process."""
+    if jax.process_count() > 1:
+        jax.distributed.shutdown()
+
+
 def use_cpu_devices(num_devices: int) -> None:
     """Runs this process on the CPU platform with ``num_devices`` (simulated) devices; call it
     before anything else uses jax."""

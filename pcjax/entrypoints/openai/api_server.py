@@ -169,6 +169,7 @@ def _follow(config) -> int:
     logger.info("process %d of %d follows process 0", jax.process_index(), jax.process_count())
     count = parallel.follow(engine)
     logger.info("process 0 stopped after %d device operations", count)
+    parallel.shutdown()
     return 0
 
 

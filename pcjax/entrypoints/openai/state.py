@@ -74,7 +74,10 @@ class ServerState:
             self._async_engine.shutdown()
             from pcjax import parallel
 
-            parallel.stop_followers(self._async_engine.engine)  # other processes, if any
+            # Other processes, if any: stop them, then leave jax.distributed together (here, as
+            # uvicorn ends a SIGTERM'd process by re-raising the signal after this shutdown).
+            parallel.stop_followers(self._async_engine.engine)
+            parallel.shutdown()
 
     def start_metrics_server(self, host: str, port: int) -> None:
         """Serves /metrics on its own port (prometheus_client's server thread)."""
