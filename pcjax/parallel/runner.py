@@ -99,16 +99,21 @@ class ShardedRunner:
             out_shardings=self._sharding(P()),
         )
         self.kv_cache = self.allocate_cache()
-        self.host_kv = None
-        kind = transfers.store_memory_kind(mesh) if num_host_slots else None
-        self.copies = transfers.ShardedCopies(mesh, kind)
-        if num_host_slots:
-            store_shape = (self.num_replicas * num_host_slots, *self.cache_shape[1:])
-            self.host_kv = transfers.allocate_sharded(
-                mesh, self.num_layers, store_shape, self.dtype, self.fill_value, kind
-            )
+        self.host_kv, self.copies = self._allocate_store(num_host_slots)
         self.channel = multihost.Channel() if jax.process_count() > 1 else None
         self.last_result: SampleResult | None = None
+
+    def _allocate_store(self, num_slots: int):
+        """The host store (None without a host tier) and the copies that use it."""
+        kind = transfers.store_memory_kind(self.mesh) if num_slots else None
+        copies = transfers.ShardedCopies(self.mesh, kind)
+        if not num_slots:
+            return None, copies
+        shape = (self.num_replicas * num_slots, *self.cache_shape[1:])
+        store = transfers.allocate_sharded(
+            self.mesh, self.num_layers, shape, self.dtype, self.fill_value, kind
+        )
+        return store, copies
 
     def _sharding(self, spec) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
