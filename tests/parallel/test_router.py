@@ -1,14 +1,14 @@
 """Two pcjax servers behind SGLang's gateway (sglang-router, default backend): the gateway
 registers them (its health and info probes are answered), and cache_aware routing reaches at
-least 1.5x the prefix hit rate of round_robin on 8 prefix groups, outputs unchanged
-(`experiments.bench_router`, small: pcjax-tiny, 8 groups x 2 questions, one round)."""
+least 1.5x the prefix hit rate of round_robin on 8 prefix groups, outputs unchanged (the pass
+of `experiments.bench_router`, small: pcjax-tiny, 8 groups x 2 questions, one round)."""
 
 import pytest
 
-from experiments import bench_router
+from experiments import router_utils
 
 pytestmark = pytest.mark.skipif(
-    bench_router.router_command() is None,
+    router_utils.router_command() is None,
     reason="sglang-router is not installed (pip install sglang-router)",
 )
 
@@ -17,11 +17,11 @@ SERVER_FLAGS = ["--block-size", "16", "--max-model-len", "1024", "--max-num-seqs
 
 
 def test_cache_aware_routing_keeps_prefixes_together(cpu_only, tmp_path):
-    workload = bench_router.make_workload(
+    workload = router_utils.make_workload(
         0, groups=8, per_group=2, prefix_chars=384, question_chars=24
     )
     opts = {"concurrency": 4, "max_tokens": 4, "timeout": 600}
-    [rows] = bench_router.compare(
+    [rows] = router_utils.compare(
         "pcjax-tiny",
         2,
         ["cache_aware", "round_robin"],
