@@ -54,7 +54,7 @@ engine_tests=(
   tests/engine/test_golden_engine.py::test_engine_pallas_on_device_equals_transformers
   tests/cache/test_host_kv.py tests/engine/test_host_tier.py
 )
-[ -d tests/parallel ] && engine_tests+=(tests/parallel)
+[ -f tests/parallel/test_device_parallel.py ] && engine_tests+=(tests/parallel/test_device_parallel.py)
 run_step engine_tests 200 "${pytest[@]}" "${engine_tests[@]}"
 run_step offload 90 "$py" -m experiments.bench_offload --prefix_lens=16,256,2048 --repeats=2 \
   --bandwidth_repeats=5 --workdir="$out/offload"

@@ -41,6 +41,12 @@ class EngineConfig:
         prefix is first cached ("write_through"; pages the host could not take then still go on
         eviction).
       debug: fill freed pages with NaN and check cache integrity after every step (slow).
+      tensor_parallel_size: T, devices one replica's weights and KV heads are split over (the
+        ``"model"`` axis of the mesh; see `pcjax.parallel`).
+      data_parallel_size: D, replicas of the model, each with its own KV pages, page pool and
+        radix tree (the ``"data"`` axis). The engine runs on D * T devices when that is > 1;
+        page and memory budgets (``num_pages``, ``kv_cache_memory_gb``, ``swap_space``) are then
+        per replica (pages) and per device (GB), as in vLLM.
     """
 
     model: str = "pcjax-small"
@@ -58,6 +64,8 @@ class EngineConfig:
     swap_space: float = 0.0
     write_policy: str = "write_back"
     debug: bool = False
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
 
     def __post_init__(self):
         _require(isinstance(self.model, str) and self.model, "model must be a non-empty string")
@@ -79,6 +87,8 @@ class EngineConfig:
         _require_choice("write_policy", self.write_policy, WRITE_POLICIES)
         _require_choice("dtype", self.dtype, DTYPES)
         _require(self.swap_space >= 0, f"swap_space must be >= 0 GB, got {self.swap_space!r}")
+        _require_positive("tensor_parallel_size", self.tensor_parallel_size)
+        _require_positive("data_parallel_size", self.data_parallel_size)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -38,6 +38,9 @@ class NullCache:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         return MatchResult([], 0, self.root, [], self.root)
 
+    def peek(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> int:
+        return 0
+
     def insert(self, tokens: Sequence[int], pages: Sequence[int]) -> InsertResult:
         pages = as_pages(pages)
         check_insert_lengths(as_key(tokens), pages, self.page_size)

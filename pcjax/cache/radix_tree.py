@@ -156,6 +156,24 @@ class RadixTree(TierOps):
         slots = [slot for n in host_path for slot in n.host_slots]
         return MatchResult(pages, len(pages) * self.page_size, node, slots, end)
 
+    def peek(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> int:
+        """How many tokens `match` would find (device and host tiers), without recording an
+        access or splitting a node: the tree is left as it was (replica dispatch asks every
+        replica's tree before one of them admits the request)."""
+        key = as_key(tokens)
+        limit = len(key) if max_tokens is None else min(len(key), max(max_tokens, 0))
+        limit -= limit % self.page_size
+        P, node, pos = self.page_size, self.root, 0
+        while pos < limit:
+            child = node.children.get(key[pos : pos + P])
+            if child is None:
+                break
+            n = _common_length(child.key, key, pos, limit, P)
+            node, pos = child, pos + n
+            if n < len(child.key):
+                break
+        return pos
+
     def insert(self, tokens: Sequence[int], pages: Sequence[int]) -> InsertResult:
         """Caches ``tokens`` whose KV is in ``pages`` (``len(tokens) == len(pages) * P``).
 

@@ -81,6 +81,7 @@ class StepArrays:
     sample_steps: np.ndarray  # i32[B]
     banned: np.ndarray  # i32[B, NB]: stop tokens of rows short of min_tokens, else BANNED_PAD
     num_logprobs: int  # NL: 0, or MAX_LOGPROBS when a row wants log-probabilities (static)
+    replicas: np.ndarray  # i32[B]: each row's data-parallel replica (pcjax.parallel), 0 if one
 
 
 def build_step_arrays(step: ScheduledStep, page_size: int, max_pages_per_seq: int) -> StepArrays:
@@ -134,6 +135,7 @@ def _empty(num_tokens: int, num_seqs: int, pages_per_seq: int, num_banned: int) 
         seeds=np.zeros(num_seqs, np.uint32),
         sample_steps=np.zeros(num_seqs, i32),
         banned=np.full((num_seqs, num_banned), BANNED_PAD, i32),
+        replicas=np.zeros(num_seqs, i32),
     )
 
 
@@ -160,3 +162,4 @@ def _fill_sequence(arrays: dict, row: int, offset: int, req: Request, n: int, pa
     arrays["sample_steps"][row] = len(req.output_token_ids) + req.num_pending
     banned = sorted(_banned_tokens(req))
     arrays["banned"][row, : len(banned)] = banned
+    arrays["replicas"][row] = req.replica

@@ -13,7 +13,7 @@ import logging
 import jax
 from tqdm.auto import tqdm
 
-from pcjax import models
+from pcjax import models, parallel
 from pcjax.cache import kv_pages
 from pcjax.config import EngineConfig
 from pcjax.engine import inputs
@@ -39,34 +39,54 @@ class Engine(StepMixin):
     ``Engine(model="pcjax-small", enable_prefix_caching=True, ...)`` takes the fields of
     `EngineConfig` as keywords (or a ready `config=`). Invalid input to `generate` / `add_request`
     raises `ValueError` naming the problem and leaves the engine as it was.
+
+    With ``tensor_parallel_size`` or ``data_parallel_size`` above 1 (or under ``jax.distributed``
+    with several processes) it runs on a ``(data, model)`` mesh (`pcjax.parallel`); ``mesh=``
+    gives a ready one of that shape (a ``(1, 1)`` mesh runs the sharded path on one device).
     """
 
-    def __init__(self, model: str = "pcjax-small", *, config: EngineConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model: str = "pcjax-small",
+        *,
+        config: EngineConfig | None = None,
+        mesh=None,
+        **kwargs,
+    ):
         self.config = config if config is not None else EngineConfig(model=model, **kwargs)
         cfg = self.config
-        self.model = models.load(cfg.model, dtype=cfg.dtype)
+        self.mesh = parallel.resolve_mesh(cfg, mesh)
+        with parallel.loading_device(self.mesh):
+            self.model = models.load(cfg.model, dtype=cfg.dtype)
         self.tokenizer = self.model.tokenizer
-        self.limits = resolve_limits(cfg, self.model.config)
-        pool, cache = build_cache_components(cfg, self.limits.num_pages, self.model.config)
+        self.attention_impl = resolve_attention_impl(cfg.attention_impl, jax.default_backend())
+        if self.mesh is None:
+            self._build_single_device()
+        else:
+            parts = parallel.build_parts(cfg, self.model, self.mesh, self.attention_impl)
+            self.limits, self.kv, self.scheduler, self.runner = parts
+        self.counters = Counters()
+        self._ids = itertools.count()
+        self._num_seeded = 0
+        self._requests: dict[str, RequestGroup] = {}  # unfinished requests by id
+        self._touched: dict[str, RequestGroup] = {}  # groups with news since the last report
+
+    def _build_single_device(self) -> None:
+        cfg, mc = self.config, self.model.config
+        self.limits = resolve_limits(cfg, mc)
+        pool, cache = build_cache_components(cfg, self.limits.num_pages, mc)
         self.kv = KVManager(pool, cache, cfg.page_size, caching=cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv,
             max_num_seqs=cfg.max_num_seqs,
             max_num_batched_tokens=self.limits.max_num_batched_tokens,
         )
-        self.attention_impl = resolve_attention_impl(cfg.attention_impl, jax.default_backend())
-        mc = self.model.config
         self.runner = ModelRunner(
             self.model.graphdef, self.model.params, self._allocate_cache(), self.attention_impl
         )
         self.kv.transfer = HostTransfers(
             self.runner, pool, cache.host_pool, mc, cfg.page_size, cfg.dtype, cfg.debug
         )
-        self.counters = Counters()
-        self._ids = itertools.count()
-        self._num_seeded = 0
-        self._requests: dict[str, RequestGroup] = {}  # unfinished requests by id
-        self._touched: dict[str, RequestGroup] = {}  # groups with news since the last report
 
     def _allocate_cache(self):
         cfg, mc = self.config, self.model.config
@@ -255,15 +275,11 @@ class Engine(StepMixin):
     # ------------------------------------------------------------------------------- metrics
 
     def stats(self) -> dict:
-        """Counters since the engine was built (prefix cache, pages, scheduling)."""
-        kv, c = self.kv, self.counters
+        """Counters since the engine was built (prefix cache, pages, scheduling); with several
+        data-parallel replicas, sums over them and ``"replicas"``: each one's own."""
+        c = self.counters
         return {
-            "prefix_cache_queried_tokens": kv.queried_tokens,
-            "prefix_cache_hit_tokens": kv.hit_tokens,
-            "prefix_cache_hit_rate": kv.hit_tokens / kv.queried_tokens
-            if kv.queried_tokens
-            else 0.0,
-            "prefix_cache_host_hit_tokens": kv.host_hit_tokens,
+            **self.kv.stats(),
             "computed_tokens": c["computed_tokens"],
             "computed_prompt_tokens": c["computed_prompt_tokens"],
             "generated_tokens": c["generated_tokens"],
@@ -271,38 +287,27 @@ class Engine(StepMixin):
             "prefill_time_s": c["prefill_time_us"] / 1e6,
             "decode_steps": c["decode_steps"],
             "decode_time_s": c["decode_time_us"] / 1e6,
-            "evicted_pages": kv.evicted_pages,
             "preemptions": c["preemptions"],
             "num_steps": c["num_steps"],
             # where a step's time goes: host work before dispatch (schedule, build, dispatch,
             # advance) and the wait for the device's result; the rest is post-processing
             "host_begin_s": c["host_begin_us"] / 1e6,
             "device_wait_s": c["device_wait_us"] / 1e6,
-            "num_pages": self.limits.num_pages,
-            "free_pages": kv.pool.num_free,
-            "cached_pages": kv.cache.num_cached_pages,
-            "in_use_pages": kv.pool.num_in_use,
-            # pages running requests hold (own and locked cached ones), of the usable pages
-            "kv_cache_usage": 1 - kv.num_reclaimable_pages() / (self.limits.num_pages - 1),
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
-            **kv.transfer.stats(),
         }
 
     def reset_prefix_cache(self) -> int:
         """Drops every cached page no running request holds (device and host tier); returns how
         many device pages were dropped. Later requests recompute their prefixes."""
-        before = self.kv.cache.num_cached_pages
-        self.kv.cache.reset()
+        dropped = self.kv.reset_cache()
         self.kv.flush()
-        return before - self.kv.cache.num_cached_pages
+        return dropped
 
     def check_integrity(self) -> None:
-        """Asserts page accounting: pool and tree consistent, own pages == pool's in-use pages."""
-        self.kv.pool.check_integrity()
-        self.kv.cache.check_integrity()
-        own = [p for r in self.scheduler.running for p in r.own_pages]
-        assert len(own) == len(set(own)) == self.kv.pool.num_in_use, "in-use pages leaked"
+        """Asserts page accounting: pool and tree consistent, own pages == pool's in-use pages
+        (on every replica)."""
+        self.kv.check_integrity(self.scheduler.running)
         waiting_pages = [r for r in self.scheduler.waiting if r.pages]
         assert not waiting_pages, "waiting requests must hold no pages"
         assert all(r.status is Status.RUNNING for r in self.scheduler.running)

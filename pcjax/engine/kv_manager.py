@@ -144,6 +144,41 @@ class KVManager:
         req.num_shared_pages = num_full
         self.pool.free(inserted.duplicate_pages)
 
+    def reset_cache(self) -> int:
+        """Drops every cached page no request holds (both tiers); returns the device pages
+        dropped. The caller flushes (debug NaN fills) when the cache is still in use."""
+        before = self.cache.num_cached_pages
+        self.cache.reset()
+        return before - self.cache.num_cached_pages
+
+    def stats(self) -> dict:
+        """Prefix-cache and page counters, and the transfer's (see `Engine.stats`)."""
+        pool, cache = self.pool, self.cache
+        return {
+            "prefix_cache_queried_tokens": self.queried_tokens,
+            "prefix_cache_hit_tokens": self.hit_tokens,
+            "prefix_cache_hit_rate": self.hit_tokens / self.queried_tokens
+            if self.queried_tokens
+            else 0.0,
+            "prefix_cache_host_hit_tokens": self.host_hit_tokens,
+            "evicted_pages": self.evicted_pages,
+            "num_pages": pool.num_pages,
+            "free_pages": pool.num_free,
+            "cached_pages": cache.num_cached_pages,
+            "in_use_pages": pool.num_in_use,
+            # pages running requests hold (own and locked cached ones), of the usable pages
+            "kv_cache_usage": 1 - self.num_reclaimable_pages() / pool.capacity,
+            **(self.transfer.stats() if self.transfer is not None else {}),
+        }
+
+    def check_integrity(self, running) -> None:
+        """Asserts page accounting: pool and cache consistent, and the own pages of ``running``
+        (the requests holding pages here) exactly the pool's in-use pages."""
+        self.pool.check_integrity()
+        self.cache.check_integrity()
+        own = [p for r in running for p in r.own_pages]
+        assert len(own) == len(set(own)) == self.pool.num_in_use, "in-use pages leaked"
+
     def release(self, req: Request) -> None:
         """Returns the request's pages: computed full pages go to the cache, the rest are freed."""
         self.cache_computed(req)

@@ -55,6 +55,7 @@ class Request:
     num_pending: int = 0  # sampled by dispatched steps, not known on the host yet (steps.py)
     ends_when_known: bool = False  # its pending token reaches max_tokens / max_model_len
     step_row: int = -1  # its row in the last step it was scheduled in
+    replica: int = 0  # the data-parallel replica that holds its pages (pcjax.parallel)
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -115,6 +115,10 @@ class ModelRunner:
         )
         return _sample(logits, sampling, num_logprobs=arrays.num_logprobs)
 
+    def merge_tokens(self, host_tokens, prev_tokens, sources):
+        """`merge_tokens` (module function), the step's pending tokens taken on the device."""
+        return merge_tokens(host_tokens, prev_tokens, sources)
+
     def cache_lost(self) -> bool:
         """Whether the device cache was consumed (donated) by a step that then failed."""
         try:

@@ -76,7 +76,7 @@ class StepMixin:
             arrays = build_step_arrays(
                 scheduled, self.config.page_size, self.limits.max_pages_per_seq
             )
-            tokens = _input_tokens(arrays.tokens, scheduled, prev)
+            tokens = _input_tokens(arrays.tokens, scheduled, prev, self.runner.merge_tokens)
             result = self.runner.run(arrays, tokens)
         except Exception:
             logger.exception("a step of %d requests failed", len(scheduled.entries))
@@ -181,8 +181,11 @@ class StepMixin:
         for req in list(self.scheduler.running):
             req.num_computed_tokens = 0  # nothing of it may enter the prefix cache
             self._finish(req, "error")
-        self.kv.cache.reset()
-        self.runner.kv_cache = self._allocate_cache()
+        self.kv.reset_cache()
+        if self.mesh is None:
+            self.runner.kv_cache = self._allocate_cache()
+        else:
+            self.runner.reset_cache()
 
     def _take_outputs(self) -> list[RequestOutput]:
         touched, self._touched = self._touched, {}
@@ -210,9 +213,15 @@ class StepMixin:
         return prompt_tokens
 
 
-def _input_tokens(host_tokens: np.ndarray, scheduled: ScheduledStep, prev: InFlightStep | None):
+def _input_tokens(
+    host_tokens: np.ndarray,
+    scheduled: ScheduledStep,
+    prev: InFlightStep | None,
+    merge=merge_tokens,
+):
     """The step's input tokens: the host array, or (where it holds pending tokens, -1) the host
-    array with those taken from ``prev``'s sampled tokens on the device."""
+    array with those taken from ``prev``'s sampled tokens on the device (by ``merge``, the
+    runner's `merge_tokens`)."""
     pending = host_tokens < 0
     if not pending.any():
         return host_tokens
@@ -224,7 +233,7 @@ def _input_tokens(host_tokens: np.ndarray, scheduled: ScheduledStep, prev: InFli
         if pending[offset + n - 1]:  # only the last input token of a row can be pending
             sources[offset + n - 1] = req.step_row
         offset += n
-    return merge_tokens(host_tokens, prev.result.tokens, sources)
+    return merge(host_tokens, prev.result.tokens, sources)
 
 
 class OverlapLoop:

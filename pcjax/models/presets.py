@@ -78,6 +78,19 @@ PRESETS = {
             description="2 layers, D=64, GQA 4/2: for unit tests (random weights)",
         ),
         Preset(
+            name="pcjax-tiny-tp",
+            config=_llama(
+                hidden_size=64,
+                intermediate_size=128,
+                num_layers=2,
+                num_heads=8,
+                num_kv_heads=2,
+                head_dim=16,
+            ),
+            seed=1,
+            description="2 layers, D=64, GQA 8/2: tensor parallelism up to 8 shards (random)",
+        ),
+        Preset(
             name="pcjax-small",
             config=_llama(
                 hidden_size=768,

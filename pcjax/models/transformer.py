@@ -13,6 +13,14 @@ Numerics follow transformers: params, activations and KV share one dtype; RMSNor
 are computed in float32 and cast back; attention runs in float32 inside the kernel; logits are
 accumulated and returned in float32.
 
+Tensor parallelism (`pcjax.parallel`). A model built with ``tp_axis="model"`` and the per-shard
+config of `pcjax.parallel.layout` is one shard of a larger model, run under ``jax.shard_map``: its
+q/k/v, gate/up, embedding and LM head hold a slice of the outputs (heads, MLP columns, vocabulary
+rows), o_proj and down_proj a slice of their inputs. The row-parallel projections all-reduce their
+partial sums over ``tp_axis`` before the bias; the embedding looks up the tokens of its vocabulary
+slice and all-reduces; the LM head gathers the vocabulary slices' logits. Without ``tp_axis`` all of
+it is the plain single-device model.
+
 Use the pure function `forward`; the modules are its implementation.
 """
 
@@ -50,24 +58,32 @@ def dot_nt(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
 
 
 class Linear(nnx.Module):
-    """``x @ weight.T (+ bias)`` with the weight stored ``f[out, in]`` like torch."""
+    """``x @ weight.T (+ bias)`` with the weight stored ``f[out, in]`` like torch.
 
-    def __init__(self, in_dim: int, out_dim: int, dtype, *, bias: bool = False):
+    With ``reduce_axis`` it is the row-parallel shard of a larger projection (it holds a slice of
+    the inputs): the shards' partial sums are all-reduced over that mesh axis before the bias.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dtype, *, bias=False, reduce_axis=None):
         self.weight = nnx.Param(jnp.zeros((out_dim, in_dim), dtype))  # f[out, in]
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if bias else None  # f[out]
+        self.reduce_axis = reduce_axis  # static (graphdef): None or a mesh axis name
 
     def __call__(self, x: jax.Array, dot=dot_nt) -> jax.Array:  # f[T, in] -> f[T, out]
         y = dot(x, self.weight[...])
+        if self.reduce_axis is not None:
+            y = jax.lax.psum(y, self.reduce_axis)
         return y if self.bias is None else y + self.bias[...]
 
 
 class Attention(nnx.Module):
     """GQA self-attention over the paged KV cache of one layer."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, dtype):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, tp_axis=None):
         n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
         self.qkv_proj = Linear(d, (n + 2 * k) * h, dtype, bias=cfg.attention_bias)
-        self.o_proj = Linear(n * h, d, dtype, bias=cfg.attention_out_bias)
+        out_bias = cfg.attention_out_bias
+        self.o_proj = Linear(n * h, d, dtype, bias=out_bias, reduce_axis=tp_axis)
         self.q_norm = RMSNorm(h, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(h, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
         self.shape = (n, k, h)
@@ -99,9 +115,10 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused."""
 
-    def __init__(self, cfg: ModelConfig, dtype):
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, dtype)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype)
+    def __init__(self, cfg: ModelConfig, dtype, tp_axis=None):
+        f = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * f, dtype)
+        self.down_proj = Linear(f, cfg.hidden_size, dtype, reduce_axis=tp_axis)
         self.intermediate_size = cfg.intermediate_size
 
     def __call__(self, x: jax.Array, dot=dot_nt) -> jax.Array:
@@ -113,11 +130,11 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm block: ``x += attn(norm(x)); x += mlp(norm(x))``."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, dtype):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, tp_axis=None):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = Attention(cfg, layer, dtype)
+        self.self_attn = Attention(cfg, layer, dtype, tp_axis)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = MLP(cfg, dtype)
+        self.mlp = MLP(cfg, dtype, tp_axis)
 
     def __call__(self, x, cos, sin, k_pages, v_pages, md, attention_impl, dot=dot_nt):
         attn, k_pages, v_pages = self.self_attn(
@@ -133,13 +150,17 @@ class Transformer(nnx.Module):
 
     Build it abstractly (``nnx.eval_shape(lambda: Transformer(cfg, dtype))``) and fill the state
     from a checkpoint: the constructor's zeros/ones are placeholders, not an initialization.
+    ``tp_axis``: build one tensor-parallel shard (see the module docstring; ``cfg`` is then the
+    shard's config, whose vocab_size is the shard's slice of the vocabulary).
     """
 
-    def __init__(self, cfg: ModelConfig, dtype="float32"):
+    def __init__(self, cfg: ModelConfig, dtype="float32", tp_axis: str | None = None):
         dtype = jnp.dtype(dtype)
         embed_shape = (cfg.vocab_size, cfg.hidden_size)
         self.embed_tokens = nnx.Param(jnp.zeros(embed_shape, dtype))  # f[V, D]
-        self.layers = nnx.List([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers)])
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, i, dtype, tp_axis) for i in range(cfg.num_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = (
             None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, dtype)
@@ -147,9 +168,10 @@ class Transformer(nnx.Module):
         # static (part of the graphdef): the RoPE frequencies are trace-time constants
         self.rope = (cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.dtype = dtype
+        self.tp_axis = tp_axis  # static (graphdef)
 
     def __call__(self, tokens, positions, kv_cache, md, logits_indices, attention_impl):
-        x = self.embed_tokens[...][tokens]  # f[T, D]
+        x = self.embed(tokens)  # f[T, D]
         head_dim, theta, scaling = self.rope
         inv_freq = inverse_frequencies(head_dim, theta, dict(scaling) if scaling else None)
         cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)  # f[T, H] each
@@ -164,10 +186,25 @@ class Transformer(nnx.Module):
         dot = _projection_dot(attention_impl, x.shape[0])
         return self.logits(self.norm(x), dot), KVCache(k=tuple(new_k), v=tuple(new_v))
 
+    def embed(self, tokens: jax.Array) -> jax.Array:  # i32[T] -> f[T, D]
+        """Token embeddings; a vocab-parallel shard looks up its own rows and all-reduces."""
+        table = self.embed_tokens[...]
+        if self.tp_axis is None:
+            return table[tokens]
+        rows = table.shape[0]
+        local = tokens - jax.lax.axis_index(self.tp_axis) * rows
+        inside = (local >= 0) & (local < rows)
+        x = jnp.where(inside[:, None], table[jnp.clip(local, 0, rows - 1)], 0)
+        return jax.lax.psum(x, self.tp_axis)  # exact: one shard holds each row
+
     def logits(self, x: jax.Array, dot=dot_nt) -> jax.Array:  # f[R, D] -> f32[R, V]
-        """The LM head (or the tied embedding, both f[V, D]), accumulated in float32."""
+        """The LM head (or the tied embedding, both f[V, D]), accumulated in float32; a
+        vocab-parallel shard gathers every shard's columns."""
         head = self.embed_tokens if self.lm_head is None else self.lm_head.weight
-        return dot(x, head[...], jnp.float32)
+        out = dot(x, head[...], jnp.float32)
+        if self.tp_axis is not None:
+            out = jax.lax.all_gather(out, self.tp_axis, axis=1, tiled=True)
+        return out
 
 
 def _projection_dot(attention_impl: str, num_rows: int):

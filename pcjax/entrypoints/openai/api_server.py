@@ -134,6 +134,8 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if _start_processes(args):
+        return _follow(config)
     names = args.served_model_name or [args.model]
     state = ServerState(config, names, args)
     app = build_app(state)
@@ -148,6 +150,40 @@ def serve(args: argparse.Namespace) -> int:
     server.run()
     state.stop_metrics_server()
     return 1 if state.load_error is not None else 0
+
+
+def _start_processes(args: argparse.Namespace) -> bool:
+    """Sets up simulated CPU devices and ``jax.distributed`` as the flags ask; True on a
+    follower process (one that serves no HTTP, see `pcjax.parallel.multihost`)."""
+    from pcjax import parallel
+
+    if args.num_processes > 1:
+        parallel.initialize(
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            num_cpu_devices=args.num_cpu_devices,
+        )
+        return args.process_id > 0
+    if args.num_cpu_devices is not None:
+        parallel.use_cpu_devices(args.num_cpu_devices)
+    return False
+
+
+def _follow(config) -> int:
+    """A follower: builds the same engine as process 0 and mirrors its device work until it
+    stops."""
+    import jax
+
+    from pcjax import parallel
+    from pcjax.engine.engine import Engine
+
+    engine = Engine(config=config)
+    logger.info("process %d of %d follows process 0", jax.process_index(), jax.process_count())
+    count = parallel.follow(engine)
+    logger.info("process 0 stopped after %d device operations", count)
+    parallel.shutdown()
+    return 0
 
 
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:

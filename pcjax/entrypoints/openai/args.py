@@ -39,6 +39,14 @@ def add_server_args(parser: argparse.ArgumentParser, *, positional_model: bool =
     a("--dtype", default="float32", choices=DTYPES)
     a("--attention-impl", default="auto", choices=ATTENTION_IMPLS)
     a("--seed", type=int, default=0)
+    a("--tensor-parallel-size", "-tp", type=int, default=1, help="devices per replica (T)")
+    a("--data-parallel-size", "-dp", type=int, default=1, help="replicas of the model (D)")
+    # Several processes (hosts) serving one engine: process 0 answers HTTP, the others follow it.
+    # The underscore spellings are what `python -m pcjax.parallel.launch` appends.
+    a("--coordinator-address", "--coordinator_address", default=None, help="host:port of 0")
+    a("--num-processes", "--num_processes", type=int, default=1, help="processes of the engine")
+    a("--process-id", "--process_id", type=int, default=0, help="this one (0: the HTTP server)")
+    a("--num-cpu-devices", "--num_cpu_devices", type=int, default=None, help="simulated (tests)")
     a("--log-interval", type=float, default=5.0, help="seconds between stats log lines")
     a(
         "--async-scheduling",
@@ -68,6 +76,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         attention_impl=args.attention_impl,
         swap_space=args.swap_space,
         write_policy=args.write_policy,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
     )
 
 
@@ -79,6 +89,12 @@ def check_args(args: argparse.Namespace) -> EngineConfig:
     engine does not know fails when the engine loads.
     """
     cfg = engine_config(args)
+    if args.num_processes > 1 and not args.coordinator_address:
+        raise ValueError("--num-processes > 1 needs --coordinator-address (host:port)")
+    if not 0 <= args.process_id < args.num_processes:
+        raise ValueError(f"--process-id {args.process_id} outside [0, {args.num_processes})")
+    if args.process_id > 0:
+        return cfg  # a follower listens on nothing
     available = _available_memory_gb()
     if available is not None and args.swap_space > available:
         raise ValueError(

@@ -73,6 +73,12 @@ class ServerState:
     def shutdown(self) -> None:
         if self._async_engine is not None:
             self._async_engine.shutdown()
+            from pcjax import parallel
+
+            # Other processes, if any: stop them, then leave jax.distributed together (here, as
+            # uvicorn ends a SIGTERM'd process by re-raising the signal after this shutdown).
+            parallel.stop_followers(self._async_engine.engine)
+            parallel.shutdown()
 
     def start_metrics_server(self, host: str, port: int) -> None:
         """Serves /metrics on its own port (prometheus_client's server thread)."""
