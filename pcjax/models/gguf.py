@@ -1,6 +1,8 @@
 """GGUF files (llama.cpp's format) -> `ModelConfig`, pcjax params and a tokenizer, without torch.
 
-Architectures (``general.architecture``): llama, mistral, qwen2, qwen3. Tensors are dequantized to
+Architectures (``general.architecture``): llama, qwen2, qwen3. llama.cpp's converter stores
+Mistral (7B) models as llama, without their sliding window (llama.cpp ignores it), so they load
+as `LlamaForCausalLM` with full attention, as llama.cpp runs them. Tensors are dequantized to
 float32 by `gguf_reader` (F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0, K-quants, ...) and cast to the
 engine's dtype by `checkpoint.convert`, through the Hugging Face names of this table (``i`` is
 the layer):
@@ -20,7 +22,7 @@ blk.i.ffn_{gate,up,down}  model.layers.i.mlp.{gate,up,down}_proj.weight
 ========================  ==========================================
 
 Q/K row order. llama.cpp's converter permutes the rows of attn_q / attn_k (and their biases) of
-llama and mistral models for its interleaved rope: within each head, the rows of the first and
+llama models for its interleaved rope: within each head, the rows of the first and
 the second half (Hugging Face's "rotate half" pairs ``j`` and ``j + H/2``) are interleaved::
 
     HF rows of a head:      0 1 2 3 | 4 5 6 7        (H = 8)
@@ -48,11 +50,10 @@ from pcjax.models.rope import inverse_frequencies
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
-_PERMUTED_QK = ("llama", "mistral")
+_PERMUTED_QK = ("llama",)
 _GLOBAL = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -124,14 +125,13 @@ def model_config(gguf: GGUFFile) -> ModelConfig:
         num_heads=num_heads,
         num_kv_heads=get("attention.head_count_kv") or num_heads,
         head_dim=head_dim,
-        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_theta=_decimal(get("rope.freq_base", 10000.0)),
         rope_scaling=_rope_scaling(gguf, arch, head_dim, get),
-        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rms_norm_eps=_decimal(get("attention.layer_norm_rms_epsilon", 1e-5)),
         tie_word_embeddings="output.weight" not in tensors,
         attention_bias="blk.0.attn_q.bias" in tensors,
         attention_out_bias="blk.0.attn_output.bias" in tensors,
         qk_norm="blk.0.attn_q_norm.weight" in tensors,
-        sliding_window=get("attention.sliding_window") if arch == "mistral" else None,
         max_position_embeddings=get("context_length", 2048),
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=eos_token_ids(meta),
@@ -167,6 +167,12 @@ def _rope_scaling(gguf: GGUFFile, arch: str, head_dim: int, get):
             "other per-frequency rope factors are not supported"
         )
     return tuple(sorted(scaling.items()))
+
+
+def _decimal(value: float) -> float:
+    """A float32 metadata value as the shortest decimal that rounds to it (1e-5, not
+    9.99999974e-06): the value the model's config had before the file stored it as f32."""
+    return float(str(np.float32(value)))
 
 
 def _scalar(value, key: str, path: Path):

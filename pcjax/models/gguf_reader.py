@@ -90,8 +90,8 @@ class GGUFFile:
         info = self.tensors.get(name)
         if info is None:
             raise ValueError(f"GGUF file {self.path} has no tensor {name!r}")
-        raw = np.frombuffer(self._map, np.uint8, count=info.nbytes, offset=info.offset)
-        raw = raw.reshape(_byte_shape(info, self.path))
+        raw = self._map[info.offset : info.offset + info.nbytes]  # a copy: the map stays closable
+        raw = np.frombuffer(raw, np.uint8).reshape(_byte_shape(info, self.path))
         try:
             values = dequantize(raw, GGMLQuantizationType(info.ggml_type))
         except (NotImplementedError, ValueError) as error:
