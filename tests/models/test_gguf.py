@@ -212,3 +212,26 @@ def test_builtin_model_without_its_wheel_says_how_to_install_it(monkeypatch):
         models.load("smollm2-135m")
     with pytest.raises(ValueError, match="smollm2-135m"):
         models.load("no-such-model")
+
+
+def test_export_hf_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    from pcjax.models.export_hf import main
+
+    source = write_family("qwen2", tmp_path)
+    main([str(source), str(tmp_path / "hf"), "--dtype=bfloat16"])
+    exported = models.load(tmp_path / "hf", "bfloat16")
+    original = models.load(source, "bfloat16", cache_dir=None)
+    assert exported.config == original.config
+    assert exported.eos_token_ids == original.eos_token_ids == (257,)
+    ours, theirs = params_of(exported), params_of(original)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    text = "a t <pad> Pack my box"
+    assert tokenizer.encode(text) == original.tokenizer.encode(text)
+    assert tokenizer.chat_template == original.chat_template
+    with pytest.raises(SystemExit):
+        main(["no-such-model", str(tmp_path / "x")])
