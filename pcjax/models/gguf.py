@@ -216,8 +216,17 @@ def read_params(gguf: GGUFFile, cfg: ModelConfig, dtype) -> dict[str, np.ndarray
 
 
 def read_gguf(path: Path) -> tuple[ModelConfig, Any]:
-    """(config, tokenizer) of a GGUF file, without reading its tensors."""
+    """(config, tokenizer) of a GGUF file, without reading its tensors.
+
+    Raises:
+      ValueError: naming the file and the problem.
+    """
     with GGUFFile(path) as gguf:
-        cfg = model_config(gguf)
+        try:
+            cfg = model_config(gguf)
+        except ValueError as error:  # ModelConfig's own checks do not know the file
+            if str(path) in str(error):
+                raise
+            raise ValueError(f"{path}: {error}") from error
         tokenizer = build_gguf_tokenizer(gguf.metadata, gguf.path, cfg.max_position_embeddings)
     return cfg, tokenizer

@@ -154,6 +154,8 @@ def test_unsupported_architecture_type_and_tokenizer(tmp_path):
     _expect_error(path, "unsupported GGUF pre-tokenizer 'no-such-pre'")
     path = write_family("qwen2", tmp_path, extra={"qwen2.rope.dimension_count": 8})
     _expect_error(path, "partial rotary")
+    path = write_family("qwen2", tmp_path, extra={"qwen2.attention.head_count_kv": 3})
+    _expect_error(path, "must be a multiple of num_kv_heads (3)")
 
 
 def test_unsupported_tensor_type_is_named(tmp_path):
