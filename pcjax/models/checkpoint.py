@@ -65,6 +65,10 @@ class CheckpointReader:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def names(self) -> list[str]:
+        """Every tensor name, in file order."""
+        return list(self._entries)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entry(name)[1]["shape"])
 
@@ -77,11 +81,11 @@ class CheckpointReader:
                 f"tensor {name!r} in {path} has shape {list(shape)}, expected "
                 f"{list(expected_shape)} for this config"
             )
-        if entry["dtype"] not in _DTYPES:
-            raise ValueError(f"tensor {name!r} in {path} has unsupported dtype {entry['dtype']}")
         dtype = np.dtype(_DTYPES[entry["dtype"]])
         start, end = entry["data_offsets"]
         data = np.fromfile(path, dtype=np.uint8, count=end - start, offset=data_start + start)
+        if data.size != end - start:  # the file shrank since its header was checked
+            raise ValueError(f"{path} is truncated: tensor {name!r} is incomplete")
         return data.view(dtype.newbyteorder("<")).reshape(shape)
 
     def _entry(self, name: str):
@@ -117,15 +121,53 @@ def read_json(path: Path) -> dict:
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
+    """(header, data start) of a safetensors file, every entry checked against the file size.
+
+    Raises:
+      ValueError: naming the file: too short, a header length past the end, malformed JSON, an
+        entry without dtype/shape/offsets, an unsupported dtype, offsets that disagree with the
+        shape, or data past the end of the file (truncated).
+    """
+    size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) != 8:
             raise ValueError(f"{path} is not a safetensors file (too short)")
         (length,) = struct.unpack("<Q", prefix)
+        if length > size - 8:
+            raise ValueError(
+                f"{path} is truncated or not a safetensors file: its header claims {length} "
+                f"bytes, the file has {size}"
+            )
         try:
-            return json.loads(f.read(length)), 8 + length
+            header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{path} has a malformed safetensors header: {error}") from error
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has a malformed safetensors header: not a JSON object")
+    for name, entry in header.items():
+        if name != "__metadata__":
+            _check_entry(path, name, entry, size - 8 - length)
+    return header, 8 + length
+
+
+def _check_entry(path: Path, name: str, entry, data_size: int) -> None:
+    try:
+        dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        count = int(np.prod(shape, dtype=np.int64))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: malformed header entry for tensor {name!r}") from error
+    if dtype not in _DTYPES:
+        raise ValueError(f"tensor {name!r} in {path} has unsupported dtype {dtype}")
+    if not 0 <= start <= end or end - start != count * np.dtype(_DTYPES[dtype]).itemsize:
+        raise ValueError(
+            f"{path} is corrupt: tensor {name!r} has offsets {[start, end]} for shape {shape}"
+        )
+    if end > data_size:
+        raise ValueError(
+            f"{path} is truncated: tensor {name!r} ends at byte {end} of the data, which has "
+            f"{data_size}"
+        )
 
 
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

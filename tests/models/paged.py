@@ -7,7 +7,8 @@ Steps are padded to power-of-two token buckets (padding writes into the null pag
 jitted forward, so tests of the same model reuse compilations.
 
 Tests compile at XLA's optimization level 0 (`TEST_COMPILER_OPTIONS`): it halves compile time,
-which dominates these tiny models' test time; the numerics are the same up to rounding.
+which dominates these tiny models' test time; the numerics are the same up to rounding. For a
+real model (smollm2-135m) level 0 is slower to compile and to run: pass ``optimize=True``.
 """
 
 import dataclasses
@@ -20,13 +21,15 @@ from pcjax.kernels import AttentionMetadata
 from pcjax.models import forward
 
 TEST_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-_forward = jax.jit(
+_jit = lambda **options: jax.jit(
     forward,
     static_argnums=0,
     static_argnames="attention_impl",
     donate_argnames="kv_cache",
-    compiler_options=TEST_COMPILER_OPTIONS,
+    **options,
 )
+_forward = _jit(compiler_options=TEST_COMPILER_OPTIONS)
+_forward_optimized = _jit()  # real models (30 layers): compiles and runs faster than at level 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +49,19 @@ class PagedRunner:
     """Owns a KV cache and each sequence's random page table; `step` runs one forward."""
 
     def __init__(
-        self, model, *, num_seqs=1, max_len=128, page_size=4, seed=0, attention_impl="reference"
+        self,
+        model,
+        *,
+        num_seqs=1,
+        max_len=128,
+        page_size=4,
+        seed=0,
+        attention_impl="reference",
+        optimize=False,
     ):
         cfg = model.config
         self.model, self.page_size, self.attention_impl = model, page_size, attention_impl
+        self._forward = _forward_optimized if optimize else _forward
         pages_per_seq = -(-max_len // page_size)
         pages = np.random.default_rng(seed).permutation(np.arange(1, num_seqs * pages_per_seq + 1))
         self.page_tables = pages.reshape(num_seqs, pages_per_seq).astype(np.int32)  # i32[B, M]
@@ -91,7 +103,7 @@ class PagedRunner:
             max_q_len=_bucket(int(q_lens.max())),
         )
         last = np.array([cu_q_lens[c.seq + 1] - 1 for c in chunks], np.int32)
-        logits, self.kv = _forward(
+        logits, self.kv = self._forward(
             self.model.graphdef,
             self.model.params,
             pad(tokens),

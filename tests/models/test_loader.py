@@ -1,4 +1,4 @@
-"""load(): errors that name the problem, dtype conversion, Orbax cache."""
+"""load(): errors that name the problem, dtype conversion, the params cache."""
 
 import json
 import shutil
@@ -108,12 +108,12 @@ def test_bfloat16_checkpoint_loads_into_both_dtypes(llama_dir):
     assert params_equal(as_f32.params, rounded)
 
 
-def test_orbax_cache_restores_bit_exactly_and_invalidates(llama_dir, tmp_path):
+def test_params_cache_restores_bit_exactly_and_invalidates(llama_dir, tmp_path):
     cache = tmp_path / "cache"
     first = models.load(llama_dir, cache_dir=cache)
     entries = list(cache.iterdir())
     assert len(entries) == 1
-    second = models.load(llama_dir, cache_dir=cache)  # restored from Orbax
+    second = models.load(llama_dir, cache_dir=cache)  # read from the cache
     assert params_equal(first.params, second.params)
     assert list(cache.iterdir()) == entries
     assert params_equal(second.params, golden_model("llama").params)
@@ -128,8 +128,13 @@ def test_orbax_cache_restores_bit_exactly_and_invalidates(llama_dir, tmp_path):
     )
 
 
-def test_orbax_cache_for_presets(tmp_path):
+def test_params_cache_for_presets_and_a_damaged_entry(tmp_path, caplog):
     first = models.load("pcjax-tiny", "bfloat16", cache_dir=tmp_path)
+    (entry,) = tmp_path.iterdir()
     second = models.load("pcjax-tiny", "bfloat16", cache_dir=tmp_path)
     assert params_equal(first.params, second.params)
-    assert len(list(tmp_path.iterdir())) == 1
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # truncated: rebuilt
+    third = models.load("pcjax-tiny", "bfloat16", cache_dir=tmp_path)
+    assert "discarding unreadable param cache" in caplog.text
+    assert params_equal(first.params, third.params)
+    assert list(tmp_path.iterdir()) == [entry] and entry.stat().st_size > 0
