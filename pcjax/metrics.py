@@ -16,6 +16,46 @@ class Counters(collections.Counter):
         return self[numerator] / den if den else 0.0
 
 
+class TransferCounters(Counters):
+    """Page copies between the device cache and the host tier, per direction (``"out"``, ``"in"``).
+
+    Example::
+
+        c = TransferCounters()
+        c.record("out", 3, start=time.perf_counter() - 0.002)  # one call moved 3 pages
+        c.stats(page_bytes=1024, host_pool=None)["swapped_out_bytes"]  # -> 3072
+    """
+
+    def record(self, direction: str, num_pages: int, start: float) -> None:
+        """Counts one call that moved ``num_pages`` pages, begun at ``perf_counter()`` ``start``."""
+        if not num_pages:
+            return
+        self[f"swap_{direction}_calls"] += 1
+        self[f"swapped_{direction}_pages"] += num_pages
+        self[f"swap_{direction}_time_us"] += int(1e6 * (time.perf_counter() - start))
+
+    def stats(self, page_bytes: int, host_pool) -> dict:
+        """Pages, bytes, calls and seconds each way, and the host store's occupancy.
+
+        Args:
+          page_bytes: bytes of one page over all layers.
+          host_pool: the host tier's pool (``num_cached``, ``num_pages``), or None without one.
+        """
+        return {
+            "swapped_out_pages": self["swapped_out_pages"],
+            "swapped_in_pages": self["swapped_in_pages"],
+            "swapped_out_bytes": self["swapped_out_pages"] * page_bytes,
+            "swapped_in_bytes": self["swapped_in_pages"] * page_bytes,
+            "swap_out_calls": self["swap_out_calls"],
+            "swap_in_calls": self["swap_in_calls"],
+            "swap_out_time_s": self["swap_out_time_us"] / 1e6,
+            "swap_in_time_s": self["swap_in_time_us"] / 1e6,
+            "host_pages": host_pool.num_cached if host_pool else 0,
+            "host_bytes_in_use": host_pool.num_cached * page_bytes if host_pool else 0,
+            "host_bytes_capacity": host_pool.num_pages * page_bytes if host_pool else 0,
+        }
+
+
 def summarize(values: Iterable[float]) -> dict[str, float]:
     """Count, mean and the 50/90/99th percentiles (nearest rank) of `values`; {} when empty."""
     data = sorted(values)

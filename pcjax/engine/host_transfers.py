@@ -21,7 +21,7 @@ import numpy as np
 
 from pcjax.cache import host_kv, kv_pages
 from pcjax.cache.page_pool import PageState
-from pcjax.metrics import Counters
+from pcjax.metrics import TransferCounters
 
 
 class HostTransfers:
@@ -55,7 +55,7 @@ class HostTransfers:
                 dtype,
                 fill_value=float("nan") if debug else 0.0,
             )
-        self.counters = Counters()
+        self.counters = TransferCounters()
 
     def __call__(self, offloads: list[tuple[int, int]], loads: list[tuple[int, int]]) -> None:
         """Issues ``offloads`` (device page, host slot), debug NaN fills, then ``loads``."""
@@ -64,7 +64,7 @@ class HostTransfers:
             self.host_kv = host_kv.swap_out(
                 self.host_kv, self.runner.kv_cache, *host_kv.index_arrays(offloads)
             )
-            self._count("out", len(offloads), start)
+            self.counters.record("out", len(offloads), start)
         if self.debug:
             self._nan_fill_freed()
         if loads:
@@ -72,13 +72,7 @@ class HostTransfers:
             self.runner.kv_cache = host_kv.swap_in(
                 self.runner.kv_cache, self.host_kv, *host_kv.index_arrays(loads)
             )
-            self._count("in", len(loads), start)
-
-    def _count(self, direction: str, num_pages: int, start: float) -> None:
-        c = self.counters
-        c[f"swap_{direction}_calls"] += 1
-        c[f"swapped_{direction}_pages"] += num_pages
-        c[f"swap_{direction}_time_us"] += int(1e6 * (time.perf_counter() - start))
+            self.counters.record("in", len(loads), start)
 
     def _nan_fill_freed(self) -> None:
         freed = self.pool.drain_freed()
@@ -95,18 +89,4 @@ class HostTransfers:
 
     def stats(self) -> dict:
         """Transfer counters and host store occupancy (see the module docstring on times)."""
-        c, page_bytes = self.counters, self.page_bytes
-        host = self.host_pool
-        return {
-            "swapped_out_pages": c["swapped_out_pages"],
-            "swapped_in_pages": c["swapped_in_pages"],
-            "swapped_out_bytes": c["swapped_out_pages"] * page_bytes,
-            "swapped_in_bytes": c["swapped_in_pages"] * page_bytes,
-            "swap_out_calls": c["swap_out_calls"],
-            "swap_in_calls": c["swap_in_calls"],
-            "swap_out_time_s": c["swap_out_time_us"] / 1e6,
-            "swap_in_time_s": c["swap_in_time_us"] / 1e6,
-            "host_pages": host.num_cached if host else 0,
-            "host_bytes_in_use": host.num_cached * page_bytes if host else 0,
-            "host_bytes_capacity": host.num_pages * page_bytes if host else 0,
-        }
+        return self.counters.stats(self.page_bytes, self.host_pool)

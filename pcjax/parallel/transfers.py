@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from pcjax.cache import host_kv
 from pcjax.cache.kv_pages import KVCache
 from pcjax.cache.page_pool import PageState
-from pcjax.metrics import Counters
+from pcjax.metrics import TransferCounters
 from pcjax.parallel.mesh import DATA_AXIS, MODEL_AXIS
 
 CACHE_SPEC = P(DATA_AXIS, None, MODEL_AXIS, None)  # f[D * NP, P, K_s, H]
@@ -151,7 +151,7 @@ class ReplicaTransfers:
         self.host_pool = host_pool
         self.page_bytes = page_bytes
         self.debug = debug
-        self.counters = Counters()
+        self.counters = TransferCounters()
 
     def __call__(self, offloads: list[tuple[int, int]], loads: list[tuple[int, int]]) -> None:
         """Issues ``offloads`` (device page, host slot), debug NaN fills, then ``loads``."""
@@ -159,11 +159,11 @@ class ReplicaTransfers:
         if offloads or freed_pages or freed_slots:
             start = time.perf_counter()
             self.runner.copy_out(self.replica, offloads, freed_pages, freed_slots)
-            self._count("out", len(offloads), start)
+            self.counters.record("out", len(offloads), start)
         if loads:
             start = time.perf_counter()
             self.runner.copy_in(self.replica, loads)
-            self._count("in", len(loads), start)
+            self.counters.record("in", len(loads), start)
 
     def _freed(self) -> tuple[list[int], list[int]]:
         pages = self.pool.drain_freed()
@@ -172,27 +172,6 @@ class ReplicaTransfers:
         slots = self.host_pool.drain_freed()
         return pages, [s for s in slots if self.host_pool.state[s] == PageState.FREE]
 
-    def _count(self, direction: str, num_pages: int, start: float) -> None:
-        if not num_pages:
-            return
-        c = self.counters
-        c[f"swap_{direction}_calls"] += 1
-        c[f"swapped_{direction}_pages"] += num_pages
-        c[f"swap_{direction}_time_us"] += int(1e6 * (time.perf_counter() - start))
-
     def stats(self) -> dict:
         """The same counters as `pcjax.engine.host_transfers.HostTransfers.stats`."""
-        c, page_bytes, host = self.counters, self.page_bytes, self.host_pool
-        return {
-            "swapped_out_pages": c["swapped_out_pages"],
-            "swapped_in_pages": c["swapped_in_pages"],
-            "swapped_out_bytes": c["swapped_out_pages"] * page_bytes,
-            "swapped_in_bytes": c["swapped_in_pages"] * page_bytes,
-            "swap_out_calls": c["swap_out_calls"],
-            "swap_in_calls": c["swap_in_calls"],
-            "swap_out_time_s": c["swap_out_time_us"] / 1e6,
-            "swap_in_time_s": c["swap_in_time_us"] / 1e6,
-            "host_pages": host.num_cached if host else 0,
-            "host_bytes_in_use": host.num_cached * page_bytes if host else 0,
-            "host_bytes_capacity": host.num_pages * page_bytes if host else 0,
-        }
+        return self.counters.stats(self.page_bytes, self.host_pool)
