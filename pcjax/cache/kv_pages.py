@@ -83,3 +83,15 @@ def fill_pages(cache: KVCache, page_ids: jax.Array, value: float = float("nan"))
         k=tuple(layer.at[page_ids].set(value) for layer in cache.k),
         v=tuple(layer.at[page_ids].set(value) for layer in cache.v),
     )
+
+
+def is_consumed(cache: KVCache) -> bool:
+    """Whether `cache` was consumed: donated to a step that then failed, or that step's error.
+
+    Waits for the arrays; an error raised by the computation that produced them counts as consumed.
+    """
+    try:
+        leaves = jax.block_until_ready(jax.tree.leaves(cache))
+    except Exception:  # noqa: BLE001 - an error of the step that produced it
+        return True
+    return any(leaf.is_deleted() for leaf in leaves)

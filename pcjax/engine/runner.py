@@ -5,6 +5,7 @@ import functools
 import jax
 
 from pcjax import models
+from pcjax.cache import kv_pages
 from pcjax.cache.kv_pages import KVCache
 from pcjax.engine.batch import StepArrays
 from pcjax.kernels import AttentionMetadata
@@ -121,11 +122,7 @@ class ModelRunner:
 
     def cache_lost(self) -> bool:
         """Whether the device cache was consumed (donated) by a step that then failed."""
-        try:
-            leaves = jax.block_until_ready(jax.tree.leaves(self.kv_cache))
-        except Exception:  # noqa: BLE001 - an error of the step that produced it
-            return True
-        return any(leaf.is_deleted() for leaf in leaves)
+        return kv_pages.is_consumed(self.kv_cache)
 
 
 @jax.jit

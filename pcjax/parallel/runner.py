@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pcjax import models
+from pcjax.cache import kv_pages
 from pcjax.engine.batch import StepArrays
 from pcjax.engine.runner import merge_tokens
 from pcjax.kernels import AttentionMetadata
@@ -177,11 +178,7 @@ class ShardedRunner:
 
     def cache_lost(self) -> bool:
         """Whether the device cache was consumed (donated) by a step that then failed."""
-        try:
-            leaves = jax.block_until_ready(jax.tree.leaves(self.kv_cache))
-        except Exception:  # noqa: BLE001 - an error of the step that produced it
-            return True
-        return any(leaf.is_deleted() for leaf in leaves)
+        return kv_pages.is_consumed(self.kv_cache)
 
     # ------------------------------------------------------------- the device operations
 
