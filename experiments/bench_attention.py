@@ -155,9 +155,13 @@ def make_case(kind, batch, context, shape, layers_cap: int | None = None):
 
 
 def _layers_fn(impl: str, sm_scale: float):
-    """A jitted call of `impl` over every layer's cache in turn, each layer's output the next
-    one's queries (as in a model, and no extra op between the layers)."""
-    attention = functools.partial(ragged_paged_attention, sm_scale=sm_scale, impl=impl)
+    """`chain_layers` of the attention implementation `impl`."""
+    return chain_layers(functools.partial(ragged_paged_attention, sm_scale=sm_scale, impl=impl))
+
+
+def chain_layers(attention):
+    """A jitted call of `attention(q, k, v, md)` over every layer's cache in turn, each layer's
+    output the next one's queries (as in a model, and no extra op between the layers)."""
 
     @jax.jit
     def run(q, caches, md):

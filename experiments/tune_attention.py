@@ -38,15 +38,10 @@ def _variants():
 
 
 def _layers_fn(tuning: dict, sm_scale: float):
-    attention = functools.partial(ragged_paged_attention_gpu, sm_scale=sm_scale, **tuning)
-
-    @jax.jit
-    def run(q, caches, md):
-        for k, v in caches:
-            q = attention(q, k, v, md)
-        return q
-
-    return run
+    """`bench.chain_layers` of the GPU kernel with `tuning`."""
+    return bench.chain_layers(
+        functools.partial(ragged_paged_attention_gpu, sm_scale=sm_scale, **tuning)
+    )
 
 
 def main(argv):
