@@ -7,6 +7,7 @@ EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline",
 KERNEL_IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu", "cpu_native", "cpu_xla")
 ATTENTION_IMPLS = ("auto", *KERNEL_IMPLS)
 WRITE_POLICIES = ("write_back", "write_through")
+SCHEDULING_POLICIES = ("fcfs", "lpm")  # `pcjax.engine.scheduler`
 DTYPES = ("float32", "bfloat16")
 
 
@@ -29,6 +30,11 @@ class EngineConfig:
       max_num_batched_tokens: most tokens computed in one step (prefill chunk budget);
         None: max(2048, max_num_seqs).
       eviction_policy: how cached device pages are chosen for eviction.
+      scheduling_policy: order in which waiting requests are admitted: "fcfs" (arrival order) or
+        "lpm" (longest cached prefix first, SGLang's cache-aware policy; see
+        `pcjax.engine.scheduler`).
+      scheduling_aging_steps: under "lpm", a request that has waited this many steps goes before
+        every younger one, so none waits without limit behind a stream of cache hits.
       dtype: activation and KV cache dtype.
       seed: seeds sampling of requests that bring no seed of their own.
       attention_impl: "reference" (plain jnp), "pallas" (the platform's Pallas kernel; interpret
@@ -59,6 +65,8 @@ class EngineConfig:
     max_model_len: int | None = None
     max_num_batched_tokens: int | None = None
     eviction_policy: str = "lru"
+    scheduling_policy: str = "fcfs"
+    scheduling_aging_steps: int = 32
     dtype: str = "float32"
     seed: int = 0
     attention_impl: str = "auto"
@@ -84,6 +92,8 @@ class EngineConfig:
         if self.max_num_batched_tokens is not None:
             _require_positive("max_num_batched_tokens", self.max_num_batched_tokens)
         _require_choice("eviction_policy", self.eviction_policy, EVICTION_POLICIES)
+        _require_choice("scheduling_policy", self.scheduling_policy, SCHEDULING_POLICIES)
+        _require_positive("scheduling_aging_steps", self.scheduling_aging_steps)
         _require_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         _require_choice("write_policy", self.write_policy, WRITE_POLICIES)
         _require_choice("dtype", self.dtype, DTYPES)

@@ -33,10 +33,16 @@ class NullCache:
     num_cached_pages = num_evictable_pages = num_locked_pages = num_host_pages = 0
     host_pool = None  # no host tier
 
-    def match(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> MatchResult:
+    def match(
+        self, tokens: Sequence[int], *, max_tokens: int | None = None, record: bool = True
+    ) -> MatchResult:
+        del record  # nothing to record
         if max_tokens is not None and max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         return MatchResult([], 0, self.root, [], self.root)
+
+    def record_access(self, node: Node) -> None:
+        self._check_handle(node)
 
     def peek(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> int:
         return 0

@@ -135,26 +135,38 @@ class RadixTree(TierOps):
         """Host slots held by the tree."""
         return self._num_host
 
-    def match(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> MatchResult:
+    def match(
+        self, tokens: Sequence[int], *, max_tokens: int | None = None, record: bool = True
+    ) -> MatchResult:
         """Finds the longest cached prefix of ``tokens`` that is page aligned and <= ``max_tokens``.
 
         The engine passes ``max_tokens=len(prompt) - 1`` so at least one prompt token is computed.
         With ``P = 4`` and ``max_tokens = 9``, at most 8 tokens (2 pages) match. A match that ends
         inside a node splits it, so ``host_node`` is exactly the deepest matched node (the root for
         an empty match) and ``node`` the deepest one on device. Records an access (clock, hit
-        count) on every node of the matched path.
+        count) on every node of the matched path, unless ``record=False``: then the caller records
+        it with `record_access(host_node)` once it uses the match (the engine's scheduler matches
+        a waiting request on every try but counts it only when the request is admitted).
         """
         key = as_key(tokens)
         limit = len(key) if max_tokens is None else min(len(key), max_tokens)
         if limit < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         limit -= limit % self.page_size
-        self.clock += 1
         end, _, pages, host_path = self._walk(key, limit)
-        self._touch(end, hit=True)
+        if record:
+            self.record_access(end)
         node = host_path[0].parent if host_path else end
         slots = [slot for n in host_path for slot in n.host_slots]
         return MatchResult(pages, len(pages) * self.page_size, node, slots, end)
+
+    def record_access(self, node: Node) -> None:
+        """Records one match ending at ``node``: the clock ticks, and every node from ``node`` up
+        to the root gets the new clock as its last access and one more hit (what ``match`` does
+        with ``record=True``)."""
+        self._check_handle(node)
+        self.clock += 1
+        self._touch(node, hit=True)
 
     def peek(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> int:
         """How many tokens `match` would find (device and host tiers), without recording an

@@ -76,11 +76,7 @@ class Engine(StepMixin):
         self.limits = resolve_limits(cfg, mc)
         pool, cache = build_cache_components(cfg, self.limits.num_pages, mc)
         self.kv = KVManager(pool, cache, cfg.page_size, caching=cfg.enable_prefix_caching)
-        self.scheduler = Scheduler(
-            self.kv,
-            max_num_seqs=cfg.max_num_seqs,
-            max_num_batched_tokens=self.limits.max_num_batched_tokens,
-        )
+        self.scheduler = Scheduler.from_config(self.kv, cfg, self.limits.max_num_batched_tokens)
         self.runner = ModelRunner(
             self.model.graphdef, self.model.params, self._allocate_cache(), self.attention_impl
         )

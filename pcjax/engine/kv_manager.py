@@ -75,16 +75,22 @@ class KVManager:
         """Pages that could be handed out now: free ones plus unlocked cached ones."""
         return self.pool.num_free + self.cache.num_evictable_pages
 
-    def admit(self, req: Request) -> None:
-        """Adopts the longest cached prefix of the request's tokens (leaving >= 1 to compute)."""
+    def admit(self, req: Request):
+        """Adopts the longest cached prefix of the request's tokens (leaving >= 1 to compute).
+
+        The match is not recorded yet (no clock tick, no hit counts): a request that does not fit
+        is released and tried again next step. Returns the deepest matched node; pass it to
+        `record_hit` when the request is admitted, so each admission counts once, as in replay.
+        """
         tokens = cache_key(req, req.all_token_ids)
-        match = self.cache.match(tokens, max_tokens=len(tokens) - 1)
+        match = self.cache.match(tokens, max_tokens=len(tokens) - 1, record=False)
         self.cache.lock(match.node)
         node = self._load(match) if match.host_slots else match.node
         req.cache_node = node
         req.pages = list(match.pages) if node is match.node else self.cache.path_pages(node)
         req.num_shared_pages = len(req.pages)
         req.num_computed_tokens = len(req.pages) * self.page_size
+        return match.host_node if match.host_node is not None else match.node
 
     def _load(self, match) -> object:
         """Loads the host part of ``match`` (``match.node`` is locked) into new device pages if
@@ -107,8 +113,11 @@ class KVManager:
         elif offloads or loads:
             raise RuntimeError("the cache queued page copies but no transfer is set")
 
-    def record_hit(self, req: Request) -> None:
-        """Counts a successfully admitted request's prompt hit, once per request."""
+    def record_hit(self, req: Request, matched) -> None:
+        """Records the admitted request's match in the cache (``matched``: what `admit` returned;
+        the request's locked node instead if a host-tier eviction dropped it meanwhile) and counts
+        its prompt hit in the stats, once per request."""
+        self.cache.record_access(matched if matched.parent is not None else req.cache_node)
         if req.num_cached_tokens is None:
             req.num_cached_tokens = min(req.num_computed_tokens, len(req.prompt_token_ids))
             self.queried_tokens += len(req.prompt_token_ids)

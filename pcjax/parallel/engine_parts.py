@@ -76,13 +76,7 @@ def build_parts(cfg: EngineConfig, model, mesh, attention_impl: str) -> Parallel
         pool, cache = build_cache_components(cfg, limits.num_pages, local)
         kv = KVManager(pool, cache, cfg.page_size, caching=cfg.enable_prefix_caching)
         kvs.append(kv)
-        schedulers.append(
-            Scheduler(
-                kv,
-                max_num_seqs=cfg.max_num_seqs,
-                max_num_batched_tokens=limits.max_num_batched_tokens,
-            )
-        )
+        schedulers.append(Scheduler.from_config(kv, cfg, limits.max_num_batched_tokens))
     host_pool = kvs[0].cache.host_pool
     runner = ShardedRunner(
         model,

@@ -3,7 +3,14 @@
 import argparse
 import socket
 
-from pcjax.config import ATTENTION_IMPLS, DTYPES, EVICTION_POLICIES, WRITE_POLICIES, EngineConfig
+from pcjax.config import (
+    ATTENTION_IMPLS,
+    DTYPES,
+    EVICTION_POLICIES,
+    SCHEDULING_POLICIES,
+    WRITE_POLICIES,
+    EngineConfig,
+)
 
 # Sequences (n per request) the server admits, queued and running, per --max-num-seqs slot.
 IN_FLIGHT_PER_SEQ = 4
@@ -36,6 +43,18 @@ def add_server_args(parser: argparse.ArgumentParser, *, positional_model: bool =
     a("--kv-cache-memory-gb", type=float, default=None, help="device KV budget when no --num-pages")
     a("--eviction-policy", default="lru", choices=EVICTION_POLICIES)
     a("--write-policy", default="write_back", choices=WRITE_POLICIES)
+    a(
+        "--scheduling-policy",
+        default="fcfs",
+        choices=SCHEDULING_POLICIES,
+        help="admission order: fcfs, or lpm (longest cached prefix first, with aging)",
+    )
+    a(
+        "--scheduling-aging-steps",
+        type=int,
+        default=32,
+        help="under lpm, steps after which a waiting request goes first",
+    )
     a("--dtype", default="float32", choices=DTYPES)
     a("--attention-impl", default="auto", choices=ATTENTION_IMPLS)
     a("--seed", type=int, default=0)
@@ -71,6 +90,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_model_len=args.max_model_len,
         max_num_batched_tokens=args.max_num_batched_tokens,
         eviction_policy=args.eviction_policy,
+        scheduling_policy=args.scheduling_policy,
+        scheduling_aging_steps=args.scheduling_aging_steps,
         dtype=args.dtype,
         seed=args.seed,
         attention_impl=args.attention_impl,
