@@ -16,10 +16,11 @@ from absl import app, flags
 from pcjax.cache.policies import all_policies
 from pcjax.sim.replay import replay
 from pcjax.sim.sources import open_trace
-from pcjax.sim.trace import TRACES_DIR
 
 _TRACE = flags.DEFINE_string("trace", "conversation", "Trace file or bundled trace name.")
-_TRACES_DIR = flags.DEFINE_string("traces_dir", TRACES_DIR, "Where the bundled traces are.")
+_TRACES_DIR = flags.DEFINE_string(
+    "traces_dir", None, "A folder searched first for registered traces (pcjax.sim.trace_registry)."
+)
 _CAPACITY = flags.DEFINE_integer("capacity_tokens", 3_000_000, "Device cache size in tokens.")
 _POLICIES = flags.DEFINE_list("policies", None, "Policies (default: all, belady, oracle_lru).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed replays per policy; the best is reported.")

@@ -8,6 +8,7 @@ unlock) with one 512-token trace block per key unit and ``page_size=1``, request
 """
 
 import json
+import os
 import time
 
 from absl import app, flags
@@ -15,9 +16,10 @@ from absl import app, flags
 from pcjax.cache.page_pool import PagePool
 from pcjax.cache.policies import make_policy
 from pcjax.cache.radix_tree import RadixTree
+from pcjax.sim.trace import mooncake_path
 
 _TRACE = flags.DEFINE_string(
-    "trace", "/work/shared/traces/mooncake_fast25_conversation_trace.jsonl", "JSONL trace"
+    "trace", "conversation", "JSONL trace file or registered trace name (pcjax.sim.trace_registry)"
 )
 _CAPACITY = flags.DEFINE_integer("capacity", 6000, "cache pages (blocks), null page excluded")
 _POLICY = flags.DEFINE_string("policy", "lru", "eviction policy name")
@@ -54,7 +56,8 @@ def replay(requests: list[list[int]], capacity: int, policy: str) -> tuple[float
 
 def main(argv):
     del argv
-    with open(_TRACE.value) as f:
+    path = _TRACE.value if os.path.isfile(_TRACE.value) else mooncake_path(_TRACE.value)
+    with open(path) as f:
         requests = [json.loads(line)["hash_ids"] for line in f]
     times = []
     for _ in range(_REPEATS.value):

@@ -30,8 +30,8 @@ host tier is LRU, fed with device victims: ``belady`` is then no bound of the tw
 (its bypassed blocks never reach the host), only ``infinite`` is.
 
 Capacities are in tokens; a trace block of ``block_tokens`` tokens is one page, so a capacity
-holds ``capacity_tokens // block_tokens`` blocks. Bundled traces are read from --traces_dir
-(``../shared/traces``, relative to the repository root the command runs in).
+holds ``capacity_tokens // block_tokens`` blocks. Registered traces are found (or downloaded) by
+`pcjax.sim.trace_registry`; --traces_dir names a folder searched first.
 """
 
 import dataclasses
@@ -47,7 +47,7 @@ from pcjax.sim.headroom import CLASSIFIERS, HoldOracle, Intervals, class_bound, 
 from pcjax.sim.replay import HINDSIGHT, replay
 from pcjax.sim.sources import open_trace
 from pcjax.sim.timed import DurationModel, replay_timed
-from pcjax.sim.trace import TRACES_DIR, Trace, trace_stats
+from pcjax.sim.trace import Trace, trace_stats
 
 BOUNDS = ("belady", "oracle_lru", "infinite")
 CLASS_BOUNDS = tuple(f"bound:{name}" for name in CLASSIFIERS)
@@ -58,7 +58,9 @@ MODES = ("sequential", "timed", "two_tier", "engine")
 _TRACE = flags.DEFINE_list(
     "trace", ["conversation"], "Trace files, bundled Mooncake names or generator names."
 )
-_TRACES_DIR = flags.DEFINE_string("traces_dir", TRACES_DIR, "Where the bundled traces are.")
+_TRACES_DIR = flags.DEFINE_string(
+    "traces_dir", None, "A folder searched first for registered traces (pcjax.sim.trace_registry)."
+)
 _POLICIES = flags.DEFINE_list("policies", None, "Policies to compare (default: all + bounds).")
 _CAPACITIES = flags.DEFINE_list(
     "capacities_tokens", ["1000000", "3000000", "10000000"], "Device cache sizes in tokens."

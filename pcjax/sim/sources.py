@@ -6,24 +6,25 @@ import os
 import numpy as np
 
 from pcjax.sim.generators import GENERATORS, generate
-from pcjax.sim.trace import MOONCAKE_TRACES, TRACES_DIR, Trace, load_trace, mooncake_path
+from pcjax.sim.trace import MOONCAKE_TRACES, Trace, load_trace, mooncake_path
 
 
 def open_trace(
     spec: str,
     *,
     limit: int | None = None,
-    traces_dir: str = TRACES_DIR,
+    traces_dir: str | None = None,
     num_requests: int = 2000,
     seed: int = 0,
     block_tokens: int = 512,
 ) -> Trace:
     """The trace ``spec`` names, cut to its first ``limit`` requests.
 
-    ``spec`` is a path to a Mooncake or generic JSONL file, a bundled Mooncake trace name
-    ("conversation", "synthetic"; found in ``traces_dir``, ``../shared/traces`` from the
-    repository root by default) or a generator name (`pcjax.sim.generators.GENERATORS`, which
-    then takes ``num_requests``, ``seed`` and ``block_tokens``).
+    ``spec`` is a path to a Mooncake or generic JSONL file, a registered Mooncake trace name
+    ("conversation", "synthetic", "toolagent"; looked for in ``traces_dir`` first, then as
+    `pcjax.sim.trace_registry` says, downloaded when no folder has it) or a generator name
+    (`pcjax.sim.generators.GENERATORS`, which then takes ``num_requests``, ``seed`` and
+    ``block_tokens``).
     """
     if os.path.isfile(spec):
         return load_trace(spec, limit=limit)

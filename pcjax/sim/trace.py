@@ -9,8 +9,8 @@ content ids give the same record, and ids come out dense (``0 .. unique - 1``).
 
 File formats (JSONL, one request per line, in arrival order):
 
-* **Mooncake FAST'25** (``../shared/traces/*.jsonl``): ``{"timestamp": ms, "input_length": int,
-  "output_length": int, "hash_ids": [int, ...]}``, 512-token blocks.
+* **Mooncake FAST'25** (found or downloaded by `pcjax.sim.trace_registry`): ``{"timestamp": ms,
+  "input_length": int, "output_length": int, "hash_ids": [int, ...]}``, 512-token blocks.
 * **Generic** (`save_generic` writes it): an optional first header line ``{"format":
   "pcjax-trace", "block_tokens": int}`` (512 when absent), then requests with ``timestamp`` (ms),
   ``input_length``, ``output_length`` and one of ``block_ids`` (a list of per-block ids, content
@@ -25,13 +25,11 @@ import os
 from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
+from pcjax.sim import trace_registry
+
 MOONCAKE_BLOCK_TOKENS = 512
 GENERIC_HEADER = "pcjax-trace"
-TRACES_DIR = os.path.join("..", "shared", "traces")  # relative to the repository root
-MOONCAKE_TRACES = {
-    "conversation": "mooncake_fast25_conversation_trace.jsonl",
-    "synthetic": "mooncake_fast25_synthetic_trace.jsonl",
-}
+MOONCAKE_TRACES = {name: entry.local_name for name, entry in trace_registry.TRACES.items()}
 
 
 class Request(NamedTuple):
@@ -119,9 +117,10 @@ def _parse(record: dict, block_tokens: int, chainer: BlockChainer) -> Request:
     )
 
 
-def mooncake_path(name: str, traces_dir: str = TRACES_DIR) -> str:
-    """Path of a bundled Mooncake trace ("conversation" or "synthetic")."""
-    return os.path.join(traces_dir, MOONCAKE_TRACES[name])
+def mooncake_path(name: str, traces_dir: str | None = None, *, download: bool = True) -> str:
+    """Path of a registered Mooncake trace ("conversation", "synthetic", "toolagent"): found in
+    ``traces_dir`` or the registry's folders, else downloaded (`pcjax.sim.trace_registry`)."""
+    return str(trace_registry.trace_file(name, traces_dir=traces_dir, download=download))
 
 
 def save_generic(trace: Trace, path: str) -> None:

@@ -1,10 +1,10 @@
 """Trace records, the two file formats, block chaining and the infinite-cache bound."""
 
 import json
-import os
 
 import pytest
 
+from pcjax.sim import trace_registry
 from pcjax.sim.trace import (
     BlockChainer,
     Request,
@@ -16,8 +16,8 @@ from pcjax.sim.trace import (
     trace_stats,
 )
 
-HAVE_TRACES = os.path.exists(mooncake_path("conversation"))
-needs_traces = pytest.mark.skipif(not HAVE_TRACES, reason="../shared/traces is not there")
+HAVE_TRACES = trace_registry.find_local("conversation") is not None
+needs_traces = pytest.mark.skipif(not HAVE_TRACES, reason="no local copy of the Mooncake traces")
 
 
 def test_chainer_gives_equal_ids_exactly_to_equal_prefixes():
