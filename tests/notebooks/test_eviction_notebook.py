@@ -33,21 +33,34 @@ def results(tmp_path_factory):
     return workdir
 
 
-def test_notebook_is_stored_without_outputs():
+def test_notebook_is_committed_with_its_outputs_on_the_committed_results():
+    """Opened as committed, it shows its plots, drawn from experiments/results."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    outputs = [o for c in code for o in c.outputs]
+    assert code and all(c.execution_count is not None for c in code)
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 4, "sequential, two-tier, timed and engine figures"
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "results from experiments/results" in text
+    assert "no " + "two_tier rows" not in text and "no engine rows" not in text
 
 
 def test_notebook_executes_on_a_small_results_file(results, tmp_path, monkeypatch):
-    monkeypatch.setenv("PCJAX_EVICTION_RESULTS", str(results))
-    monkeypatch.setenv("PCJAX_EVICTION_FIGURES", str(tmp_path))
+    empty = tmp_path / "no_fresh_results"
+    empty.mkdir()
+    figures = tmp_path / "figures"
+    monkeypatch.setenv("PCJAX_EVICTION_RESULTS", os.pathsep.join([str(empty), str(results)]))
+    monkeypatch.setenv("PCJAX_EVICTION_FIGURES", str(figures))
+    monkeypatch.setenv("PCJAX_REPO", ROOT)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"results from {os.path.relpath(results, ROOT)}" in text, "the empty folder is skipped"
     assert "chat (sequential): token hit rate / Belady's" in text
     assert "few_shot (sequential)" in text
-    assert sorted(os.listdir(tmp_path)) == ["hit_rate_sequential.png", "two_tier.png"]
+    assert sorted(os.listdir(figures)) == ["hit_rate_sequential.png", "two_tier.png"]
