@@ -149,6 +149,7 @@ class RadixTree(TierOps):
         if limit < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         limit -= limit % self.page_size
+        self.policy.on_lookup(self, key if limit == len(key) else key[:limit])
         self.clock += 1
         end, _, pages, host_path = self._walk(key, limit)
         self._touch(end, hit=True)
