@@ -13,6 +13,7 @@ class EvictionSweep:
     mode: str = "sequential"
     host_capacity_tokens: int = 10_000_000
     num_requests: int = 2000
+    policies: tuple[str, ...] = ()  # empty: every policy and bound
 
     def __post_init__(self):
         if not self.trace or not self.capacities_tokens:
@@ -23,6 +24,10 @@ class EvictionSweep:
 
 MOONCAKE = ("conversation", "synthetic")
 GENERATORS = ("chat", "mixed", "agent", "system_prompts", "few_shot", "tree_of_thought")
+ROBUSTNESS_POLICIES = (
+    *("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline", "learned_hold", "adaptive"),
+    "belady",
+)
 
 SWEEPS = {
     "mooncake": EvictionSweep(MOONCAKE),
@@ -30,6 +35,13 @@ SWEEPS = {
     "two_tier": EvictionSweep(MOONCAKE, capacities_tokens=(1_000_000, 3_000_000), mode="two_tier"),
     "generators": EvictionSweep(
         GENERATORS, capacities_tokens=(500_000, 1_000_000, 3_000_000), num_requests=5000
+    ),
+    # every trace and generator x 0.5M-10M tokens x every online policy + Belady: the
+    # robustness table (worst loss against LRU, mean fraction of Belady; pcjax.sim.robustness)
+    "robustness": EvictionSweep(
+        (*MOONCAKE, *GENERATORS, "agentic"),
+        capacities_tokens=(500_000, 1_000_000, 3_000_000, 10_000_000),
+        policies=ROBUSTNESS_POLICIES,
     ),
     "engine": EvictionSweep(("chat",), capacities_tokens=(2048,), mode="engine", num_requests=160),
 }

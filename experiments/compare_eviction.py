@@ -19,7 +19,8 @@ in practice when the best hold times are known).
     python -m experiments.compare_eviction --trace=chat --num_requests=5000 --mode=timed
     python -m experiments.compare_eviction --mode=two_tier --capacities_tokens=1000000 \
         --host_capacity_tokens=10000000
-    # a named sweep of configs/eviction.py (mooncake, timed, two_tier, generators, engine)
+    # a named sweep of configs/eviction.py (mooncake, timed, two_tier, generators, robustness,
+    # engine); its results go to compare_eviction_<sweep>.json
     python -m experiments.compare_eviction --sweep=two_tier --workdir=workdir/compare_eviction
     # the real engine (needs pcjax.models): TTFT and throughput next to the hit rate
     python -m experiments.compare_eviction --mode=engine --trace=mixed --num_requests=200 \
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from pcjax.cache.policies import all_policies
 from pcjax.sim.headroom import CLASSIFIERS, HoldOracle, Intervals, class_bound, intervals
 from pcjax.sim.replay import HINDSIGHT, replay
+from pcjax.sim.robustness import format_table, robustness_table
 from pcjax.sim.sources import open_trace
 from pcjax.sim.timed import DurationModel, replay_timed
 from pcjax.sim.trace import Trace, trace_stats
@@ -275,10 +277,14 @@ def main(argv):
         with tqdm(total=total) as bar:
             rows = [row for t in traces for row in sim_rows(t, policies, capacities, bar)]
     add_fraction_of_belady(rows)
-    path = os.path.join(_WORKDIR.value, f"compare_eviction_{_MODE.value}.json")
+    robustness = robustness_table(rows)
+    path = os.path.join(_WORKDIR.value, f"compare_eviction_{_SWEEP.value or _MODE.value}.json")
     with open(path, "w") as f:
-        json.dump({"mode": _MODE.value, "flags": _our_flags(), "rows": rows}, f, indent=1)
+        record = {"mode": _MODE.value, "flags": _our_flags(), "rows": rows}
+        json.dump(record | {"robustness": robustness}, f, indent=1)
     print_table(rows)
+    print("\nrobustness over every trace x capacity (token hit rate points; pcjax.sim.robustness)")
+    print(format_table(robustness))
     print(f"\nwrote {len(rows)} rows to {path}")
 
 

@@ -2,7 +2,17 @@
 
 import dataclasses
 
-EVICTION_POLICIES = ("lru", "fifo", "lfu", "slru", "s3fifo", "gdsf", "deadline", "learned_hold")
+EVICTION_POLICIES = (
+    "lru",
+    "fifo",
+    "lfu",
+    "slru",
+    "s3fifo",
+    "gdsf",
+    "deadline",
+    "learned_hold",
+    "adaptive",
+)
 # Attention implementations `pcjax.kernels` dispatches on by name; "auto" picks one per platform.
 KERNEL_IMPLS = ("reference", "pallas", "pallas_tpu", "pallas_gpu", "cpu", "cpu_native", "cpu_xla")
 ATTENTION_IMPLS = ("auto", *KERNEL_IMPLS)

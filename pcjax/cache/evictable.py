@@ -72,6 +72,19 @@ class EvictableLeaves:
                 return node
         return None
 
+    def rekey_all(self) -> None:
+        """Re-keys every member at once (the policy's keys all changed, possibly their type:
+        `pcjax.cache.adaptive` switching candidates); stale entries are dropped."""
+        live = [node for *_, node in self._live()]
+        self._heap = []
+        for node in live:
+            setattr(node, self._version, getattr(node, self._version) + 1)
+            self._seq += 1
+            self._heap.append(
+                (self.policy.key(node), self._seq, getattr(node, self._version), node)
+            )
+        heapq.heapify(self._heap)
+
     def _live(self) -> list[tuple]:
         flag, ver = self._flag, self._version
         return [e for e in self._heap if getattr(e[3], flag) and e[2] == getattr(e[3], ver)]

@@ -47,6 +47,10 @@ class EvictionPolicy:
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
         """``num_pages`` tail pages of ``node`` are about to be evicted (all of them: removal)."""
 
+    def on_lookup(self, tree: Any, key: tuple) -> None:
+        """``tree.match`` is about to look ``key`` (cut to whole pages) up; the policy selector
+        (`pcjax.cache.adaptive`) feeds its shadow caches from here."""
+
 
 class LRUPolicy(EvictionPolicy):
     """Least recently used: evicts the leaf whose last match or insert is oldest."""
@@ -81,13 +85,13 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 
 
 def all_policies() -> dict[str, type[EvictionPolicy]]:
-    """Every policy the engine can use, by name: these, those of `pcjax.cache.policies_extra` and
-    `pcjax.cache.learned_hold` (imported here, not at the top, because they subclass
-    `EvictionPolicy` from this module)."""
-    from pcjax.cache import learned_hold, policies_extra
+    """Every policy the engine can use, by name: these, those of `pcjax.cache.policies_extra`,
+    `pcjax.cache.learned_hold` and the selector of `pcjax.cache.adaptive` (imported here, not at
+    the top, because they subclass `EvictionPolicy` from this module)."""
+    from pcjax.cache import adaptive, learned_hold, policies_extra
 
-    learned = learned_hold.LearnedHoldPolicy
-    return {**POLICIES, **policies_extra.POLICIES, learned.name: learned}
+    learned, selector = learned_hold.LearnedHoldPolicy, adaptive.AdaptivePolicy
+    return {**POLICIES, **policies_extra.POLICIES, learned.name: learned, selector.name: selector}
 
 
 def make_policy(name: str, *, tokens_per_unit: int = 1) -> EvictionPolicy:

@@ -153,6 +153,8 @@ class RadixTree(TierOps):
         if limit < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         limit -= limit % self.page_size
+        if record:
+            self.policy.on_lookup(self, key if limit == len(key) else key[:limit])
         end, _, pages, host_path = self._walk(key, limit)
         if record:
             self.record_access(end)
@@ -160,11 +162,14 @@ class RadixTree(TierOps):
         slots = [slot for n in host_path for slot in n.host_slots]
         return MatchResult(pages, len(pages) * self.page_size, node, slots, end)
 
-    def record_access(self, node: Node) -> None:
+    def record_access(self, node: Node, lookup: Sequence[int] | None = None) -> None:
         """Records one match ending at ``node``: the clock ticks, and every node from ``node`` up
         to the root gets the new clock as its last access and one more hit (what ``match`` does
-        with ``record=True``)."""
+        with ``record=True``). ``lookup``: the key that was matched (page aligned, as cut by
+        ``max_tokens``), shown to the policy's `on_lookup` as `match` would have."""
         self._check_handle(node)
+        if lookup is not None:
+            self.policy.on_lookup(self, as_key(lookup))
         self.clock += 1
         self._touch(node, hit=True)
 

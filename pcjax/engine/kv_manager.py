@@ -117,7 +117,10 @@ class KVManager:
         """Records the admitted request's match in the cache (``matched``: what `admit` returned;
         the request's locked node instead if a host-tier eviction dropped it meanwhile) and counts
         its prompt hit in the stats, once per request."""
-        self.cache.record_access(matched if matched.parent is not None else req.cache_node)
+        tokens = cache_key(req, req.all_token_ids)
+        looked_up = len(tokens) - 1 - (len(tokens) - 1) % self.page_size  # as `admit` matched
+        node = matched if matched.parent is not None else req.cache_node
+        self.cache.record_access(node, tokens[:looked_up])
         if req.num_cached_tokens is None:
             req.num_cached_tokens = min(req.num_computed_tokens, len(req.prompt_token_ids))
             self.queried_tokens += len(req.prompt_token_ids)

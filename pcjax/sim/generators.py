@@ -21,7 +21,11 @@ tree_of_thought problems expanded as trees (``branching`` x ``depth``): a child 
                parent's prompt + the parent's thought; siblings share the parent's prefix.
 agent          agent sessions after one long shared tool prompt; each call's context is the
                previous call's + its output + a tool result, so it grows every call.
-mixed          all five above, one fifth of the requests each, merged by arrival time.
+mixed          the five above, one fifth of the requests each, merged by arrival time.
+agentic        agentic coding sessions: a shared system prompt and one of a few long tool prompts,
+               hundreds of calls seconds apart each appending output + a tool result, sub-agents
+               branching off with contexts of their own (rate, depth), compaction at a maximum
+               context (`agentic`).
 ============== ===================================================================================
 """
 
@@ -202,6 +206,87 @@ def agent(
     return _finish("agent", events, num_requests, block_tokens)
 
 
+def agentic(
+    num_requests: int = 2000,
+    *,
+    seed: int = 0,
+    block_tokens: int = 512,
+    system_tokens: int = 6000,
+    tool_prompt_tokens: int = 10000,
+    num_tool_sets: int = 3,
+    append_tokens: tuple[int, int] = (50, 2500),
+    output_tokens: tuple[int, int] = (20, 600),
+    mean_calls: float = 120.0,
+    subagent_rate: float = 0.03,
+    subagent_depth: int = 2,
+    subagent_calls: float = 25.0,
+    gap_s: float = 4.0,
+    max_context_tokens: int = 64000,
+    summary_tokens: int = 3000,
+    session_rate_per_s: float = 0.1,
+) -> Trace:
+    """Agentic coding sessions (see `_agentic_session`): a shared system prompt and one of
+    ``num_tool_sets`` tool prompts, then hundreds of calls seconds apart, each appending the
+    previous call's output and a tool result to the context; now and then a sub-agent branches off
+    with a context of its own (its own tool prompt + a task) and its result is appended to the
+    parent's. A context past ``max_context_tokens`` is compacted to the prompts + a summary."""
+    rng, events, t0, sessions = np.random.default_rng(seed), [], 0.0, 0
+    spec = dict(
+        append=append_tokens,
+        output=output_tokens,
+        rate=subagent_rate,
+        depth=subagent_depth,
+        sub_calls=subagent_calls,
+        gap_s=gap_s,
+        max_context=max_context_tokens,
+        summary=summary_tokens,
+        system=system_tokens,
+        tools=tool_prompt_tokens,
+    )
+    while len(events) < num_requests or t0 < _kth_time(events, num_requests):
+        t0 += rng.exponential(1000 / session_rate_per_s)  # sessions overlap: add until the
+        tools = int(rng.integers(num_tool_sets))  # first num_requests calls are all known
+        head = [(("ag-sys",), system_tokens), (("ag-tools", tools), tool_prompt_tokens)]
+        calls = max(1, int(rng.geometric(1 / mean_calls)))
+        _agentic_session(rng, events, spec, head, (sessions,), calls, t0, 0)
+        sessions += 1
+    return _finish("agentic", events, num_requests, block_tokens)
+
+
+def _kth_time(events: list[_Event], k: int) -> float:
+    """Arrival time of the ``k``-th earliest event."""
+    return float(np.partition([e.timestamp_ms for e in events], k - 1)[k - 1])
+
+
+def _agentic_session(rng, events, spec, head, sid, calls, t, depth) -> tuple[float, int]:
+    """Emits the calls of one (sub-)agent from time ``t`` (ms); returns its end time and the
+    length of its result. ``sid`` names it (a path of sub-agent indices, so ids never collide)."""
+    base = head + [(("ag-task", sid), int(_lengths(rng, 100, 1500)))]
+    segments, length, out = base, sum(n for _, n in base), 0
+    for call in range(calls):
+        out = int(_lengths(rng, *spec["output"]))
+        events.append(_Event(t, segments, out))
+        t += out * 20
+        appended = int(_lengths(rng, *spec["append"]))
+        if depth < spec["depth"] and rng.random() < spec["rate"]:
+            sub_head = [
+                (("ag-sys",), spec["system"]),
+                (("ag-sub-tools", depth), spec["tools"] // 2),
+            ]
+            sub_calls = max(1, int(rng.geometric(1 / spec["sub_calls"])))
+            t, appended = _agentic_session(
+                rng, events, spec, sub_head, sid + (call,), sub_calls, t, depth + 1
+            )
+        step = [(("ag-out", sid, call), out), (("ag-tool", sid, call), appended)]
+        if length + out + appended > spec["max_context"]:  # compaction: prompts + a summary
+            step = [(("ag-summary", sid, call), spec["summary"])]
+            segments, length = base, sum(n for _, n in base)
+        segments = segments + step
+        length += sum(n for _, n in step)
+        t += rng.exponential(1000 * spec["gap_s"])
+    return t, max(out, 200)
+
+
 def mixed(num_requests: int = 2000, *, seed: int = 0, block_tokens: int = 512) -> Trace:
     """The five workloads above interleaved by arrival time (their segment ids never collide)."""
     parts = [
@@ -226,7 +311,7 @@ _BASE: dict[str, Callable[..., Trace]] = {
     "tree_of_thought": tree_of_thought,
     "agent": agent,
 }
-GENERATORS: dict[str, Callable[..., Trace]] = {**_BASE, "mixed": mixed}
+GENERATORS: dict[str, Callable[..., Trace]] = {**_BASE, "mixed": mixed, "agentic": agentic}
 
 
 def generate(name: str, num_requests: int = 2000, *, seed: int = 0, block_tokens: int = 512):

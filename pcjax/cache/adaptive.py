@@ -1,0 +1,278 @@
+"""``adaptive`` (ours): an online policy selector over miniature shadow caches.
+
+No single policy wins everywhere: on the Mooncake conversation trace ``deadline`` and
+``learned_hold`` beat LRU by 3-4 points, while on agentic coding sessions ``learned_hold`` loses
+up to 4.7 points to it. This policy runs every candidate (``lru``, ``deadline``,
+``learned_hold`` by default) on a *miniature simulation* (SHARDS, Waldspurger et al., ATC'17) and
+lets the real cache follow the one that did best recently.
+
+* **Sampling.** A lookup is sampled when a hash of its first ``min(pages, depth + 1)`` pages
+  falls below the rate ``R``, ``depth`` being ``sample_depth_tokens`` worth of pages. A prefix
+  path is therefore sampled as a whole (spatial sampling by its trunk): every turn of a
+  conversation or call of an agent session is in or out together, as long as its first
+  ``sample_depth_tokens`` tokens are stable. ``R = min(1, shadow_pages / most_cached)``, the
+  real cache's high-water mark, so each shadow holds at most ``shadow_pages`` pages whatever the
+  cache's size: its capacity is the real one scaled by ``R``.
+* **Shadows.** Each candidate runs its own fresh policy object in its own `RadixTree` over the
+  sampled lookups, replayed as in `pcjax.sim.replay` (match, evict down to the capacity, insert
+  the rest). Unsampled lookups cost one hash.
+* **Scores.** Per sampled lookup every shadow's hit pages enter a decayed sum (half-life
+  ``half_life`` sampled lookups), as do the referenced pages. A candidate's *lead* is its score
+  minus LRU's, over the referenced pages.
+* **Choice, with hysteresis.** Every ``decide_every`` sampled lookups, once ``min_lookups`` were
+  sampled: the active candidate stays while its lead is above 0 and within
+  ``margin`` of the best lead; otherwise the best candidate takes over if its lead exceeds
+  ``margin``, and LRU if none does (weak evidence: LRU).
+* **The live cache** runs only the active candidate: its hooks and key are bound straight onto
+  this object (no per-call dispatch). A switch hands the live tree to a fresh instance of the
+  winner: every node's ``policy_data`` is rebuilt top-down by its ``on_insert`` and the
+  evictable leaves are re-pushed with the new keys, once per switch.
+
+The tree calls `on_lookup` from `RadixTree.match` with the key it looks up; that is the only
+extra hook. Host-only: plain Python, no jax.
+
+Example::
+
+    tree = RadixTree(PagePool(1025), 1, make_policy("adaptive", tokens_per_unit=512))
+    # ... matches and inserts as usual; tree.policy.active_name says whom it follows
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from pcjax.cache.page_pool import PagePool
+from pcjax.cache.policies import EvictionPolicy
+
+if TYPE_CHECKING:
+    from pcjax.cache.base import Node
+    from pcjax.cache.radix_tree import RadixTree
+
+_HOOKS = ("key", "on_insert", "on_access", "on_split", "on_evict")
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+
+
+def sample_point(key: tuple) -> float:
+    """A key's fixed point in [0, 1) (a mixed hash; equal keys, equal points)."""
+    return ((hash(key) * _GOLDEN) & _MASK) / (1 << 64)
+
+
+def trunk_pages(tree: "RadixTree", key: tuple, most: int) -> int:
+    """Pages of ``key``'s *trunk*: its path in ``tree`` down to the first node that branches
+    (shared by many prefixes: a system or tool prompt), plus one page: the first page that is
+    the prefix's own. At most ``most`` pages, at least one. A conversation's turns, or an agent
+    session's calls, share their trunk, so sampling by it keeps them together.
+
+    Example (``P = 1``): the tree holds "s" with children "ab" and "cd"; the key "abx" -> trunk
+    "sa" (2 pages); before any branch exists, a key's trunk runs to the end of its cached path.
+    """
+    P, node, pos = tree.page_size, tree.root, 0
+    while pos < len(key):
+        child = node.children.get(key[pos : pos + P])
+        if child is None:
+            break
+        pos += len(child.key)
+        if len(child.children) > 1:
+            break
+        node = child
+    return max(1, min(len(key) // P, pos // P + 1, most))
+
+
+class ShadowCache:
+    """A miniature cache: one candidate policy on its own tree, replaying sampled lookups.
+
+    Args:
+      policy: the candidate (a fresh object, used by this shadow only).
+      page_size: tokens per page of the keys it is given.
+      max_pages: the most pages it may ever hold (its pool's size).
+    """
+
+    def __init__(self, policy: EvictionPolicy, page_size: int, max_pages: int):
+        from pcjax.cache.radix_tree import RadixTree  # it imports this package's policies
+
+        self.pool = PagePool(max_pages + 1)
+        self.tree = RadixTree(self.pool, page_size, policy)
+        self.page_size = page_size
+
+    def reference(self, key: tuple, capacity: int) -> int:
+        """Looks ``key`` (page aligned) up, caches what it lacks within ``capacity`` pages
+        (evicting by its policy) and returns the pages it hit."""
+        tree, pool, P = self.tree, self.pool, self.page_size
+        m = tree.match(key)
+        hit = len(m.pages)
+        want = len(key) // P - hit
+        if want > 0:
+            tree.lock(m.node)
+            room = min(capacity, pool.capacity) - tree.num_locked_pages
+            want = min(want, max(room, 0))
+            excess = tree.num_cached_pages + want - min(capacity, pool.capacity)
+            if excess > 0:
+                tree.evict(excess)
+            pages = pool.allocate(min(want, pool.num_free))
+            if pages:
+                r = tree.insert(key[: (hit + len(pages)) * P], m.pages + pages)
+                pool.free(r.duplicate_pages)
+            tree.unlock(m.node)
+        return hit
+
+
+class AdaptivePolicy(EvictionPolicy):
+    """Follows the candidate whose shadow cache hit most recently (see the module docstring).
+
+    Args:
+      candidates: policy names (`make_policy`); "lru" is always among them (the fallback).
+      tokens_per_unit: tokens per key unit (the trace's block size in replay, 1 in the engine).
+      shadow_pages: the most pages one shadow holds; sets the sampling rate.
+      sample_depth_tokens: the trunk whose hash decides the sampling.
+      half_life: of the scores, in sampled lookups.
+      margin: lead over LRU (a share of the referenced pages) needed to leave LRU.
+      decide_every: sampled lookups between decisions.
+      min_lookups: sampled lookups before the first decision.
+    """
+
+    name = "adaptive"
+    token_aware = True
+
+    def __init__(
+        self,
+        candidates: tuple[str, ...] = ("lru", "deadline", "learned_hold"),
+        *,
+        tokens_per_unit: int = 1,
+        shadow_pages: int = 1024,
+        sample_depth_tokens: int = 65536,
+        half_life: float = 500.0,
+        margin: float = 0.005,
+        decide_every: int = 32,
+        min_lookups: int = 100,
+        z_switch: float = 1.0,
+        z_keep: float = 1.0,
+    ):
+        self.candidates = tuple(dict.fromkeys(("lru", *candidates)))
+        self.tokens_per_unit = tokens_per_unit
+        self.shadow_pages = shadow_pages
+        self.sample_depth_tokens = sample_depth_tokens
+        self.margin = margin
+        self.z_switch = z_switch
+        self.z_keep = z_keep
+        self.decide_every = decide_every
+        self.min_lookups = min_lookups
+        self.shadows: list[ShadowCache] | None = None  # made at the first lookup
+        self.evidence = Evidence(len(self.candidates), half_life)
+        self.sampled = 0
+        self.most_cached = 0  # the live cache's high-water mark, in pages
+        self.pool_pages = 0  # the live tree's pool size, in pages (an upper bound of the cache)
+        self.switches = 0
+        self._follow("lru", None)
+
+    @property
+    def rate(self) -> float:
+        """The sampling rate: each shadow holds ``shadow_pages`` of a cache this size."""
+        return min(1.0, self.shadow_pages / max(self.pool_pages, 1))
+
+    def _fresh(self, name: str) -> EvictionPolicy:
+        from pcjax.cache.policies import make_policy
+
+        return make_policy(name, tokens_per_unit=self.tokens_per_unit)
+
+    def _follow(self, name: str, tree: "RadixTree | None") -> None:
+        """Hands the live tree to a fresh ``name``: binds its hooks here, rebuilds every node's
+        policy data top-down and re-pushes the evictable leaves with their new keys."""
+        self.active_name = name
+        self.active = self._fresh(name)
+        for hook in _HOOKS:
+            setattr(self, hook, getattr(self.active, hook))
+        if tree is None:
+            return
+        self.switches += 1
+        nodes, i = list(tree.root.children.values()), 0
+        while i < len(nodes):  # breadth first: parents first (page ids chain from the parent)
+            nodes.extend(nodes[i].children.values())
+            i += 1
+        for node in nodes:
+            node.policy_data = None
+        for node in nodes:
+            if node.pages:
+                self.active.on_insert(node, node.last_access)
+        tree._evictable.rekey_all()
+
+    def key(self, node: "Node") -> Any:  # replaced by the active candidate's (`_follow`)
+        raise AssertionError("unbound")
+
+    def on_lookup(self, tree: "RadixTree", key: tuple) -> None:
+        """``tree.match`` is looking ``key`` (page aligned) up: feeds the shadows if sampled."""
+        self.most_cached = max(self.most_cached, tree.num_cached_pages)
+        self.pool_pages = tree.pool.capacity
+        P = tree.page_size
+        pages = len(key) // P
+        if pages == 0:
+            return
+        most = max(self.sample_depth_tokens // (P * self.tokens_per_unit), 1)
+        if sample_point(key[: trunk_pages(tree, key, most) * P]) >= self.rate:
+            return
+        if self.shadows is None:
+            size = 2 * self.shadow_pages
+            self.shadows = [ShadowCache(self._fresh(c), P, size) for c in self.candidates]
+        capacity = max(1, round(self.rate * self.most_cached))
+        hits = [shadow.reference(key, capacity) for shadow in self.shadows]
+        self.evidence.add(hits, pages)
+        self.sampled += 1
+        if self.sampled >= self.min_lookups and self.sampled % self.decide_every == 0:
+            choice = self.choose()
+            if choice != self.active_name:
+                self._follow(choice, tree)
+
+    def leads(self) -> dict[str, float]:
+        """Each candidate's decayed hits minus LRU's, over the decayed referenced pages."""
+        return {c: self.evidence.lead(i, 0) for i, c in enumerate(self.candidates)}
+
+    def choose(self) -> str:
+        """The candidate to follow now (the rule in the module docstring)."""
+        ev, names = self.evidence, self.candidates
+        me = names.index(self.active_name)
+        best = max(range(len(names)), key=lambda i: ev.lead(i, me))
+        if best != me and ev.lead(best, me) > self.margin and ev.z(best, me) > self.z_switch:
+            return names[best]
+        if me != 0 and ev.z(0, me) > self.z_keep:
+            return "lru"  # the active one is likely worse than LRU: back to the fallback
+        return self.active_name
+
+
+class Evidence:
+    """Decayed per-candidate hit sums of the sampled lookups, with the second moments needed
+    for a paired z-score between any two candidates (the same lookups in both shadows).
+
+    Args:
+      num: candidates.
+      half_life: in sampled lookups.
+    """
+
+    def __init__(self, num: int, half_life: float):
+        self.decay = 0.5 ** (1.0 / half_life)
+        self.n = 0.0  # decayed lookups
+        self.referenced = 0.0  # decayed pages referenced
+        self.sums = [0.0] * num
+        self.products = [[0.0] * num for _ in range(num)]
+
+    def add(self, hits: list[int], pages: int) -> None:
+        d = self.decay
+        self.n = self.n * d + 1
+        self.referenced = self.referenced * d + pages
+        for i, h in enumerate(hits):
+            self.sums[i] = self.sums[i] * d + h
+            row = self.products[i]
+            for j, g in enumerate(hits):
+                row[j] = row[j] * d + h * g
+
+    def lead(self, a: int, b: int) -> float:
+        """``a``'s hits minus ``b``'s, as a share of the referenced pages."""
+        return (self.sums[a] - self.sums[b]) / max(self.referenced, 1e-9)
+
+    def z(self, a: int, b: int) -> float:
+        """How many standard errors ``a``'s mean hits per lookup lie above ``b``'s."""
+        if self.n <= 1:
+            return 0.0
+        p = self.products
+        mean = (self.sums[a] - self.sums[b]) / self.n
+        var = (p[a][a] - 2 * p[a][b] + p[b][b]) / self.n - mean * mean
+        if var <= 0:
+            return 0.0 if mean == 0 else float("inf") * mean
+        return mean / (var / self.n) ** 0.5
