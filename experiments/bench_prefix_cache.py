@@ -54,6 +54,9 @@ _VLLM_PYTHON = flags.DEFINE_string(
     "vllm_python", None, "Python of the vLLM venv (default: .peers/vllm/bin/python)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the prompt sets.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"], "Params, activations and KV of both systems."
+)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed passes per system, each on new prompts.")
 
 
@@ -135,6 +138,7 @@ def _workload_description(model_dir: str) -> dict:
             ("max_num_batched_tokens", _BATCHED_TOKENS),
             ("max_model_len", _MAX_MODEL_LEN),
             ("seed", _SEED),
+            ("dtype", _DTYPE),
             ("rounds", _ROUNDS),
         ]
     } | {"model_dir": model_dir}
@@ -156,6 +160,7 @@ def run_pcjax(model_dir: str, caching: bool, impl: str, prompts: dict) -> dict:
         page_size=_PAGE_SIZE.value,
         max_model_len=_MAX_MODEL_LEN.value,
         max_num_batched_tokens=_BATCHED_TOKENS.value,
+        dtype=_DTYPE.value,
     )
     build_s = time.perf_counter() - start
     greedy = SamplingParams(temperature=0, max_tokens=_MAX_TOKENS.value, ignore_eos=True)
@@ -237,7 +242,7 @@ def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
         "max_model_len": _MAX_MODEL_LEN.value,
         "block_size": _PAGE_SIZE.value,
         "max_num_batched_tokens": _BATCHED_TOKENS.value,
-        "dtype": "float32",
+        "dtype": _DTYPE.value,
         # Each pass has its own random prompts, so keeping the cache across passes gives no
         # cross-pass hits; it lets probe_hit hit the prefix probe_cold just cached.
         "reset_prefix_cache_between_passes": False,

@@ -176,14 +176,14 @@ class Transformer(nnx.Module):
         inv_freq = inverse_frequencies(head_dim, theta, dict(scaling) if scaling else None)
         cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)  # f[T, H] each
         new_k, new_v = [], []
-        dot = _projection_dot(attention_impl, tokens.shape[0])
+        dot = projection_dot(attention_impl, tokens.shape[0])
         for layer, k_pages, v_pages in zip(self.layers, kv_cache.k, kv_cache.v, strict=True):
             x, k_pages, v_pages = layer(x, cos, sin, k_pages, v_pages, md, attention_impl, dot)
             new_k.append(k_pages)
             new_v.append(v_pages)
         if logits_indices is not None:
             x = x[logits_indices]  # f[R, D]: only the rows whose logits are wanted
-        dot = _projection_dot(attention_impl, x.shape[0])
+        dot = projection_dot(attention_impl, x.shape[0])
         return self.logits(self.norm(x), dot), KVCache(k=tuple(new_k), v=tuple(new_v))
 
     def embed(self, tokens: jax.Array) -> jax.Array:  # i32[T] -> f[T, D]
@@ -207,7 +207,7 @@ class Transformer(nnx.Module):
         return out
 
 
-def _projection_dot(attention_impl: str, num_rows: int):
+def projection_dot(attention_impl: str, num_rows: int):
     """The ``x @ w.T`` of the projections for `num_rows` rows (static: a bucketed shape).
 
     On the native CPU path, steps of at most `kernels.SKINNY_MAX_ROWS` rows (decode) use the

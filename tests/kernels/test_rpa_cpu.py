@@ -98,6 +98,7 @@ def test_attention_rejects_non_positive_window_and_soft_cap():
         (16, 320, 96, jnp.float32, jnp.float32),  # the most rows, an LM head
         (5, 130, 80, jnp.bfloat16, None),
         (2, 64, 40, jnp.bfloat16, jnp.float32),
+        (12, 100, 72, jnp.bfloat16, jnp.float32),  # several register tiles of x rows
     ],
 )
 def test_skinny_matmul_matches_xla_dot(rows, out_dim, in_dim, dtype, out_dtype):

@@ -1,8 +1,10 @@
 // Shared by pcjax's CPU kernels (XLA FFI handlers built by pcjax/kernels/native.py): SIMD
 // vectors, bfloat16 conversion, a parallel loop on XLA's intra-op thread pool.
 //
-// Portable C++17 with GCC/Clang vector extensions: the compiler maps Vec to the widest SIMD
-// registers it has (one AVX-512 register, two AVX2 ones, four NEON ones).
+// Portable C++17 with GCC/Clang vector extensions, no intrinsics: Vec is exactly one SIMD
+// register of the target the library is compiled for (-march=native), so register tiles sized by
+// kVecRegisters stay in registers: 16 f32 lanes with AVX-512, 8 with AVX/AVX2, 4 otherwise (SSE,
+// NEON), the count and width from the compiler's predefined macros.
 
 #ifndef PCJAX_KERNELS_CSRC_COMMON_H_
 #define PCJAX_KERNELS_CSRC_COMMON_H_
@@ -15,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -22,15 +25,28 @@ namespace pcjax {
 
 namespace ffi = xla::ffi;
 
-constexpr int kLanes = 16;  // f32 lanes of a Vec
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // f32 lanes of a Vec: one zmm register
+constexpr int kVecRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;  // one ymm register
+constexpr int kVecRegisters = 16;
+#elif defined(__aarch64__)
+constexpr int kLanes = 4;  // one NEON q register
+constexpr int kVecRegisters = 32;
+#else
+constexpr int kLanes = 4;  // one xmm register (SSE) or a generic 16-byte vector
+constexpr int kVecRegisters = 16;
+#endif
+static_assert(kLanes >= 2 && (kLanes & (kLanes - 1)) == 0, "kLanes: a power of two");
 
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline Vec Splat(float x) { return Vec{} + x; }
 
-// The sum of v's lanes, by halving (4 vector adds: a short dependency chain, where a lane-by-lane
-// loop is 15 dependent scalar adds).
+// The sum of v's lanes, by halving (log2(kLanes) vector adds: a short dependency chain, where a
+// lane-by-lane loop is kLanes - 1 dependent scalar adds).
 template <int kWidth>
 inline float SumLanes(const float* lanes) {
   if constexpr (kWidth == 1) {
@@ -53,31 +69,45 @@ inline float Sum(Vec v) {
   return SumLanes<kLanes>(lanes);
 }
 
+namespace internal {
+
+// One level of SumEach's tree. Going in, each vector holds kLanes / kGroup groups of kGroup
+// lanes, every group the partial sums of one original vector; a pair (a, b) becomes one vector
+// of groups of kGroup / 2 lanes (a's groups first, then b's), each the two halves of a group
+// added. Source lane of output lane i: group q = i / half, from a or b (q / groups_per_vector),
+// that vector's group q % groups_per_vector, lane i % half of its first half.
+constexpr int FoldSource(int group, int i) {
+  const int half = group / 2, per_vector = kLanes / group, q = i / half;
+  return q / per_vector * kLanes + q % per_vector * group + i % half;
+}
+
+template <int kGroup, int... I>
+inline Vec FoldPair(Vec a, Vec b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, FoldSource(kGroup, I)...) +
+         __builtin_shufflevector(a, b, (FoldSource(kGroup, I) + kGroup / 2)...);
+}
+
+// Folds v[0 .. kGroup) (groups of kGroup lanes) down to v[0] (groups of 1 lane).
+template <int kGroup>
+inline void FoldLevels(Vec* v) {
+  if constexpr (kGroup > 1) {
+    for (int i = 0; i < kGroup / 2; ++i)
+      v[i] = FoldPair<kGroup>(v[2 * i], v[2 * i + 1], std::make_integer_sequence<int, kLanes>{});
+    FoldLevels<kGroup / 2>(v);
+  }
+}
+
+}  // namespace internal
+
 // The lane sums of kLanes vectors at once: lane j of the result is Sum(v[j]). A transpose-and-add
-// tree (each level adds the two halves of every lane group of two vectors into one vector):
-// 15 vector adds and 30 shuffles for all 16 sums, where 16 Sum() calls take 64 adds.
+// tree over log2(kLanes) levels (each adds the two halves of every lane group of two vectors
+// into one vector): kLanes - 1 vector adds and 2 (kLanes - 1) shuffles for all kLanes sums,
+// where kLanes Sum() calls take kLanes log2(kLanes) adds.
 inline Vec SumEach(const Vec (&v)[kLanes]) {
-  static_assert(kLanes == 16, "the shuffle tree below is written for 16 lanes");
-  Vec a[8], b[4], c[2];
-  for (int i = 0; i < 8; ++i)  // lanes 0-7: 8 partial sums of v[2i], lanes 8-15: of v[2i + 1]
-    a[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
-                                   19, 20, 21, 22, 23) +
-           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
-                                   26, 27, 28, 29, 30, 31);
-  for (int i = 0; i < 4; ++i)  // 4 lanes per vector: v[4i], ..., v[4i + 3]
-    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18,
-                                   19, 24, 25, 26, 27) +
-           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
-                                   22, 23, 28, 29, 30, 31);
-  for (int i = 0; i < 2; ++i)  // 2 lanes per vector: v[8i], ..., v[8i + 7]
-    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20,
-                                   21, 24, 25, 28, 29) +
-           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22,
-                                   23, 26, 27, 30, 31);
-  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                 28, 30) +
-         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
-                                 29, 31);
+  Vec work[kLanes];
+  for (int i = 0; i < kLanes; ++i) work[i] = v[i];
+  internal::FoldLevels<kLanes>(work);
+  return work[0];
 }
 
 struct BF16 {

@@ -36,7 +36,8 @@ namespace pcjax {
 namespace {
 
 // Each SIMD vector of kLanes f32 holds kLanes q rows; a kv tile is kLanes tokens.
-constexpr int64_t kMaxVecs = 8;     // row vectors per work item (128 rows)
+constexpr int64_t kMaxRows = 128;  // q rows per work item (kMaxVecs row vectors)
+constexpr int64_t kMaxVecs = kMaxRows / kLanes;
 constexpr int64_t kMaxHeadDim = 512;
 constexpr float kMasked = -1e30f;   // finite, so a fully masked tile never makes inf - inf
 
@@ -110,11 +111,12 @@ struct Scratch {
   std::vector<Vec> m, l;        // [vecs]: running max and sum
   std::vector<IVec> pos;        // [vecs]: each lane's query position (-1: an unused lane)
   std::vector<float> k_tile, v_tile;  // [kLanes][H]: the tile's K and V rows of one kv head
-  std::vector<FewRowsState<4>> few_rows_64;   // per kv head of an item, head_dim 64
-  std::vector<FewRowsState<8>> few_rows_128;  // head_dim 128
-  template <int kChunks>
-  std::vector<FewRowsState<kChunks>>& few_rows() {
-    if constexpr (kChunks == 4) return few_rows_64;
+  std::vector<FewRowsState<64 / kLanes>> few_rows_64;    // per kv head of an item, head_dim 64
+  std::vector<FewRowsState<128 / kLanes>> few_rows_128;  // head_dim 128
+  template <int kHeadDim>
+  std::vector<FewRowsState<kHeadDim / kLanes>>& few_rows() {
+    static_assert(kHeadDim == 64 || kHeadDim == 128, "few-rows scratch for head_dim 64 or 128");
+    if constexpr (kHeadDim == 64) return few_rows_64;
     else return few_rows_128;
   }
   explicit Scratch(int64_t head_dim)
@@ -304,7 +306,7 @@ void Attend(const Shape& sh, const Options& opt, const Operands<T>& x, const Wor
   const int64_t rows_per_head = static_cast<int64_t>(w.count) * G;
   if constexpr (kHeadDim > 0) {
     if (rows_per_head <= kFewRows)
-      return AttendFewRows<T, kHeadDim>(sh, opt, x, w, scratch.few_rows<kHeadDim / kLanes>());
+      return AttendFewRows<T, kHeadDim>(sh, opt, x, w, scratch.few_rows<kHeadDim>());
   }
   const int64_t vecs_per_head = (rows_per_head + kLanes - 1) / kLanes;
   const int64_t b = w.seq;
@@ -444,7 +446,7 @@ ffi::Error RaggedPagedAttention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::Any
   if (kd[3] != sh.head_dim) return Invalid("q and the pages differ in head_dim");
   if (sh.num_kv_heads <= 0 || sh.num_heads % sh.num_kv_heads != 0)
     return Invalid("num_heads must be a multiple of num_kv_heads");
-  if (sh.group() > kMaxVecs * kLanes || sh.head_dim > kMaxHeadDim)
+  if (sh.group() > kMaxRows || sh.head_dim > kMaxHeadDim)
     return Invalid("a GQA group of at most 128 heads and head_dim <= 512 are supported");
   if (kv_lens.dimensions().size() != 1 || kv_lens.dimensions()[0] != sh.num_seqs ||
       cu_q_lens.dimensions().size() != 1 || cu_q_lens.dimensions()[0] != sh.num_seqs + 1)

@@ -6,8 +6,11 @@
 // speed; XLA:CPU's dot instead repacks or transposes w on every call, which doubles the traffic.
 //
 // Work: x is converted once to f32 rows padded to whole vectors; items are blocks of output
-// rows (rows of w), split over XLA's intra-op thread pool; each w row is read once, as vectors,
-// against all M rows of x held in cache, kO rows of w at a time for independent FMA chains.
+// rows (rows of w), split over XLA's intra-op thread pool. A register tile is kO rows of w
+// against kM rows of x: kO * kM accumulators, kO loaded w vectors and one x vector, sized to fit
+// the target's vector registers (kVecRegisters) so nothing spills. A tile of w rows is streamed
+// from memory once, for its first kM rows of x; further groups of x rows (M > kM) reread it from
+// L1, where it still sits (kO rows of K values: a few KB).
 
 #include <algorithm>
 #include <cstdint>
@@ -23,42 +26,72 @@ namespace {
 constexpr int64_t kMaxRows = 16;     // rows of x
 constexpr int64_t kRowsPerItem = 64;  // rows of w per work item
 
+// The register tile for kM rows of x: as many w rows kO (at most kMaxO) as keep the kO * kM
+// accumulators, kO w vectors and one x vector within the vector registers. 16 registers (AVX2):
+// 4 x 3, 2 x 4, 1 x 4; 32 (AVX-512, NEON): 8 x 3, 4 x 4, 2 x 4, 1 x 4.
+constexpr int kMaxO = 4;
+constexpr int TileO(int m) { return std::min(kMaxO, (kVecRegisters - 1) / (m + 1)); }
+// Rows of x per tile on this target: the most that still leave room for 3 rows of w.
+constexpr int kTileRows = TileO(8) >= 3 ? 8 : 4;
+static_assert(TileO(kTileRows) >= 3 && TileO(1) >= 1, "register tiles for this target");
+
 template <typename T>
 struct Operands {
-  const float* x;  // [M_padded, K_padded] f32
+  const float* x;  // [kMaxRows, K_padded] f32, zero past the data
   const T* w;      // [N, K]
   int64_t rows, padded_k, n, k;
 };
 
-// Rows [o_begin, o_end) of w against kM rows of x; writes y[m, o] for m < rows.
+// y[m, o] for rows o of w in [o, o + live) (live <= kO; w_rows holds them, the last repeated to
+// fill kO) against rows m in [m0, m0 + kM) of x, writing those m < a.rows.
 template <int kM, int kO, typename T, typename Out>
-void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
+void Tile(const Operands<T>& a, const T* const (&w_rows)[kO], int64_t o, int64_t live, int64_t m0,
+          bool prefetch, Out* y) {
+  static_assert(kO * kM + kO + 1 <= kVecRegisters, "the tile fits the vector registers");
+  constexpr int64_t kLineElements = 64 / sizeof(T);  // one prefetch per cache line
   const int64_t vec_k = a.k / kLanes * kLanes;
+  const float* x = a.x + m0 * a.padded_k;
+  Vec acc[kO][kM] = {};
+  for (int64_t i = 0; i < vec_k; i += kLanes) {
+    if (prefetch && i % kLineElements == 0)
+      for (int r = 0; r < kO; ++r) __builtin_prefetch(w_rows[r] + kO * a.k + i, 0, 3);
+    Vec w_vec[kO];
+    for (int r = 0; r < kO; ++r) w_vec[r] = LoadVec(w_rows[r] + i);
+    for (int m = 0; m < kM; ++m) {
+      const Vec x_vec = LoadVec(x + m * a.padded_k + i);
+      for (int r = 0; r < kO; ++r) acc[r][m] += x_vec * w_vec[r];
+    }
+  }
+  // Lane sums, kLanes accumulators per SumEach.
+  constexpr int kParts = kO * kM, kGroups = (kParts + kLanes - 1) / kLanes;
+  float sums[kGroups * kLanes];
+  for (int g = 0; g < kGroups; ++g) {
+    Vec parts[kLanes] = {};
+    for (int p = 0; p < kLanes && g * kLanes + p < kParts; ++p)
+      parts[p] = acc[(g * kLanes + p) / kM][(g * kLanes + p) % kM];
+    const Vec group_sums = SumEach(parts);
+    std::memcpy(sums + g * kLanes, &group_sums, sizeof(group_sums));
+  }
+  const int64_t rows = std::min<int64_t>(kM, a.rows - m0);
+  for (int r = 0; r < live; ++r)
+    for (int m = 0; m < rows; ++m) {
+      float total = sums[r * kM + m];
+      for (int64_t i = vec_k; i < a.k; ++i) total += x[m * a.padded_k + i] * ToFloat(w_rows[r][i]);
+      FromFloat(total, &y[(m0 + m) * a.n + o + r]);
+    }
+}
+
+// Rows [o_begin, o_end) of w against all rows of x: kO(kM) rows of w at a time, each against
+// the rows of x in tiles of kM (padding rows of x are 0 and never written).
+template <int kM, typename T, typename Out>
+void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
+  constexpr int kO = TileO(kM);
   for (int64_t o = o_begin; o < o_end; o += kO) {
     const int64_t live = std::min<int64_t>(kO, o_end - o);
     const T* w_rows[kO];
     for (int r = 0; r < kO; ++r) w_rows[r] = a.w + std::min<int64_t>(o + r, o_end - 1) * a.k;
-    Vec acc[kO][kM] = {};
-    for (int64_t i = 0; i < vec_k; i += kLanes) {
-      for (int r = 0; r < kO; ++r) __builtin_prefetch(w_rows[r] + kO * a.k + i, 0, 3);  // next rows
-      Vec w_vec[kO];
-      for (int r = 0; r < kO; ++r) w_vec[r] = LoadVec(w_rows[r] + i);
-      for (int m = 0; m < kM; ++m) {
-        const Vec x_vec = LoadVec(a.x + m * a.padded_k + i);
-        for (int r = 0; r < kO; ++r) acc[r][m] += x_vec * w_vec[r];
-      }
-    }
-    static_assert(kO * kM <= kLanes, "one SumEach per block of rows");
-    Vec parts[kLanes] = {};
-    for (int r = 0; r < kO; ++r)
-      for (int m = 0; m < kM; ++m) parts[r * kM + m] = acc[r][m];
-    const Vec sums = SumEach(parts);
-    for (int r = 0; r < live; ++r)
-      for (int m = 0; m < a.rows; ++m) {
-        float total = sums[r * kM + m];
-        for (int64_t i = vec_k; i < a.k; ++i) total += a.x[m * a.padded_k + i] * ToFloat(w_rows[r][i]);
-        FromFloat(total, &y[m * a.n + o + r]);
-      }
+    for (int64_t m0 = 0; m0 < a.rows; m0 += kM)
+      Tile<kM, kO>(a, w_rows, o, live, m0, /*prefetch=*/m0 == 0, y);
   }
 }
 
@@ -67,12 +100,11 @@ void Run(ffi::ThreadPool& pool, const Operands<T>& a, Out* y) {
   const int64_t items = (a.n + kRowsPerItem - 1) / kRowsPerItem;
   auto block = [&](int64_t item, int64_t) {
     const int64_t begin = item * kRowsPerItem, end = std::min(a.n, begin + kRowsPerItem);
-    // kM: the rows of x rounded up to a power of two (padding rows are 0 and never written).
-    if (a.rows <= 1) return Block<1, 4>(a, begin, end, y);
-    if (a.rows <= 2) return Block<2, 4>(a, begin, end, y);
-    if (a.rows <= 4) return Block<4, 4>(a, begin, end, y);
-    if (a.rows <= 8) return Block<8, 2>(a, begin, end, y);
-    return Block<16, 1>(a, begin, end, y);
+    // kM: the rows of x rounded up to a power of two, at most kTileRows (then several tiles).
+    if (a.rows <= 1) return Block<1>(a, begin, end, y);
+    if (a.rows <= 2) return Block<2>(a, begin, end, y);
+    if (a.rows <= 4 || kTileRows == 4) return Block<4>(a, begin, end, y);
+    return Block<kTileRows>(a, begin, end, y);
   };
   ParallelFor(pool, items, block);
 }
