@@ -104,7 +104,7 @@ def main(argv):
         rows.append({"policy": policy, "aging_steps": _AGING.value, **row})
         print(json.dumps(rows[-1]))
     os.makedirs(_WORKDIR.value, exist_ok=True)
-    path = os.path.join(_WORKDIR.value, "bench_scheduling.json")
+    path = os.path.join(_WORKDIR.value, f"bench_scheduling_aging{_AGING.value}.json")
     flag_values = {f: flags.FLAGS[f].value for f in _FLAG_NAMES}
     load = os.getloadavg()
     with open(path, "w") as f:
