@@ -35,6 +35,17 @@ def test_worst_loss_against_lru_and_best():
     assert "-3.00" in text
 
 
+def test_a_selector_is_measured_against_its_candidates():
+    rows = [*ROWS, row("a", "adaptive", 1, 0.54), row("a", "adaptive", 2, 0.79)]
+    rows += [row("a", "fifo", 1, 0.60), row("a", "fifo", 2, 0.60)]
+    table = robustness_table(rows, {"adaptive": ("lru", "deadline")})
+    a = table["adaptive"]
+    assert abs(a["worst_vs_candidates"] - -1.0) < 1e-9 and a["worst_vs_candidates_cell"] == ["a", 1]
+    assert abs(a["worst_vs_best"] - -6.0) < 1e-9  # fifo is no candidate
+    assert "worst_vs_candidates" not in table["lru"]
+    assert "adaptive: worst vs its best candidate -1.00 at a 1" in format_table(table)
+
+
 def test_bounds_are_not_online():
     assert not any(is_online(p) for p in ("belady", "oracle_lru", "infinite", "bound:uses"))
     assert is_online("adaptive")
