@@ -42,6 +42,7 @@ SWEEPS = {
         (*MOONCAKE, *GENERATORS, "agentic"),
         capacities_tokens=(500_000, 1_000_000, 3_000_000, 10_000_000),
         policies=ROBUSTNESS_POLICIES,
+        num_requests=5000,
     ),
     "engine": EvictionSweep(("chat",), capacities_tokens=(2048,), mode="engine", num_requests=160),
 }

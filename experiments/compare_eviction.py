@@ -43,6 +43,7 @@ import time
 from absl import app, flags
 from tqdm.auto import tqdm
 
+from pcjax.cache.adaptive import AdaptivePolicy
 from pcjax.cache.policies import all_policies
 from pcjax.sim.headroom import CLASSIFIERS, HoldOracle, Intervals, class_bound, intervals
 from pcjax.sim.replay import HINDSIGHT, replay
@@ -277,7 +278,7 @@ def main(argv):
         with tqdm(total=total) as bar:
             rows = [row for t in traces for row in sim_rows(t, policies, capacities, bar)]
     add_fraction_of_belady(rows)
-    robustness = robustness_table(rows)
+    robustness = robustness_table(rows, {"adaptive": AdaptivePolicy().candidates})
     path = os.path.join(_WORKDIR.value, f"compare_eviction_{_SWEEP.value or _MODE.value}.json")
     with open(path, "w") as f:
         record = {"mode": _MODE.value, "flags": _our_flags(), "rows": rows}

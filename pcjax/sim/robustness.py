@@ -23,12 +23,16 @@ def is_online(policy: str) -> bool:
     return policy not in BOUND_NAMES and ":" not in policy
 
 
-def robustness_table(rows: list[dict]) -> dict[str, dict]:
+def robustness_table(
+    rows: list[dict], selectors: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, dict]:
     """Per online policy: ``worst_vs_lru`` and ``worst_vs_best`` (token hit rate minus LRU's /
     minus the best online policy's in the same cell, in points; the minimum over cells, with the
     cell as ``(trace, capacity_tokens)`` in ``worst_vs_lru_cell`` / ``worst_vs_best_cell``),
     ``mean_fraction_of_belady`` (over the cells where Belady ran; None if none) and ``cells``.
-    A cell without an LRU row counts for ``worst_vs_best`` only."""
+    A cell without an LRU row counts for ``worst_vs_best`` only. ``selectors`` maps a policy that
+    picks among candidates (``adaptive``) to their names: it also gets ``worst_vs_candidates``
+    (and ``worst_vs_candidates_cell``), against the best of those that ran in the cell."""
     cells: dict[tuple, dict[str, float]] = {}
     fractions: dict[str, list[float]] = {}
     for r in rows:
@@ -60,6 +64,15 @@ def robustness_table(rows: list[dict]) -> dict[str, dict]:
             gap = 100 * (hit - best)
             if entry["worst_vs_best_cell"] is None or gap < entry["worst_vs_best"]:
                 entry["worst_vs_best"], entry["worst_vs_best_cell"] = gap, list(cell)
+            ran = [hits[c] for c in (selectors or {}).get(policy, ()) if c in hits]
+            if ran:
+                gap = 100 * (hit - max(ran))
+                if (
+                    entry.get("worst_vs_candidates_cell") is None
+                    or gap < entry["worst_vs_candidates"]
+                ):
+                    entry["worst_vs_candidates"] = gap
+                    entry["worst_vs_candidates_cell"] = list(cell)
     for policy, entry in table.items():
         f = fractions.get(policy)
         entry["mean_fraction_of_belady"] = sum(f) / len(f) if f else None
@@ -67,7 +80,8 @@ def robustness_table(rows: list[dict]) -> dict[str, dict]:
 
 
 def format_table(table: dict[str, dict]) -> str:
-    """The table as text, one line per policy, best worst-case against LRU first."""
+    """The table as text, one line per policy, best worst-case against LRU first; then each
+    selector's worst gap to its best candidate."""
     lines = [
         f"{'policy':>13} {'worst vs LRU':>13} {'at':>26} {'worst vs best':>14} {'at':>26} "
         f"{'mean of Belady':>15}"
@@ -81,6 +95,13 @@ def format_table(table: dict[str, dict]) -> str:
             f"{p:>13} {vs_lru:>13} {_cell(e['worst_vs_lru_cell']):>26} "
             f"{e['worst_vs_best']:>+14.2f} {_cell(e['worst_vs_best_cell']):>26} {frac:>15}"
         )
+    for p in order:
+        if "worst_vs_candidates" in table[p]:
+            e = table[p]
+            lines.append(
+                f"{p}: worst vs its best candidate {e['worst_vs_candidates']:+.2f} "
+                f"at {_cell(e['worst_vs_candidates_cell'])}"
+            )
     return "\n".join(lines)
 
 

@@ -64,3 +64,22 @@ def test_prompts_from_trace_keep_the_sharing_and_the_partial_block():
     assert all(10 <= t < 1000 for t in a + b)
     short = prompts_from_trace(trace, 4, token_range=(10, 1000), max_blocks=1)
     assert short == [a[:4], a[:4]]
+
+
+def test_agentic_sessions_share_prompts_append_context_and_branch_sub_agents():
+    from pcjax.sim.generators import agentic
+
+    kw = dict(block_tokens=100, system_tokens=1000, tool_prompt_tokens=2000, num_tool_sets=1)
+    plain = agentic(600, seed=0, subagent_rate=0.0, **kw)
+    assert plain == agentic(600, seed=0, subagent_rate=0.0, **kw)
+    heads = {r.block_ids[:30] for r in plain.requests}
+    assert len(heads) == 1  # one system prompt + one tool prompt before every call
+    seen, extended = set(), 0
+    for r in plain.requests:
+        extended += any(r.block_ids[:k] in seen for k in range(31, len(r.block_ids)))
+        seen.add(r.block_ids[: r.input_length // 100])
+    assert extended > 500  # nearly every call appends to the previous call's context
+    branched = agentic(600, seed=0, subagent_rate=0.3, **kw)
+    assert len({r.block_ids[:10] for r in branched.requests}) == 1  # the shared system prompt
+    sub = [r for r in branched.requests if r.block_ids[:30] not in heads]
+    assert 30 < len(sub) < 600  # sub-agents: their own tool prompt after the system prompt
