@@ -105,3 +105,14 @@ def test_lpm_engine_generates_what_fcfs_does():
         assert engine.scheduler.policy == policy
         outputs[policy] = [o.token_ids for o in engine.generate(prompts, GREEDY, use_tqdm=False)]
     assert outputs["lpm"] == outputs["fcfs"]
+
+
+def test_the_sharded_engine_schedulers_get_the_policy():
+    """A (1, 1) mesh runs the sharded path (`pcjax.parallel.build_parts`) on one CPU device."""
+    import jax
+
+    from pcjax import parallel
+
+    mesh = parallel.make_mesh(1, 1, jax.local_devices()[:1])
+    engine = make_engine(scheduling_policy="lpm", scheduling_aging_steps=5, mesh=mesh)
+    assert (engine.scheduler.policy, engine.scheduler.aging_steps) == ("lpm", 5)
