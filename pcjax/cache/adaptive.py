@@ -6,23 +6,23 @@ up to 4.7 points to it. This policy runs every candidate (``lru``, ``deadline``,
 ``learned_hold`` by default) on a *miniature simulation* (SHARDS, Waldspurger et al., ATC'17) and
 lets the real cache follow the one that did best recently.
 
-* **Sampling.** A lookup is sampled when a hash of its first ``min(pages, depth + 1)`` pages
-  falls below the rate ``R``, ``depth`` being ``sample_depth_tokens`` worth of pages. A prefix
-  path is therefore sampled as a whole (spatial sampling by its trunk): every turn of a
-  conversation or call of an agent session is in or out together, as long as its first
-  ``sample_depth_tokens`` tokens are stable. ``R = min(1, shadow_pages / most_cached)``, the
-  real cache's high-water mark, so each shadow holds at most ``shadow_pages`` pages whatever the
-  cache's size: its capacity is the real one scaled by ``R``.
+* **Sampling.** A lookup is sampled when a hash of its *trunk* (`trunk_pages`: its path in the
+  live tree down to the first node that branches, a shared system or tool prompt, plus one page)
+  falls below the rate ``R = min(1, shadow_pages / pool pages)``. A prefix path is thus sampled
+  as a whole (spatial sampling): the turns of a conversation, the calls of an agent session are
+  in or out together. Each shadow holds at most ``shadow_pages`` pages whatever the cache's size:
+  its capacity is the live cache's high-water mark scaled by ``R``.
 * **Shadows.** Each candidate runs its own fresh policy object in its own `RadixTree` over the
   sampled lookups, replayed as in `pcjax.sim.replay` (match, evict down to the capacity, insert
-  the rest). Unsampled lookups cost one hash.
-* **Scores.** Per sampled lookup every shadow's hit pages enter a decayed sum (half-life
-  ``half_life`` sampled lookups), as do the referenced pages. A candidate's *lead* is its score
-  minus LRU's, over the referenced pages.
+  the rest). An unsampled lookup costs a short walk and one hash.
+* **Evidence.** Per sampled lookup, every shadow's hit pages (`Evidence`: decayed sums with
+  half-life ``half_life`` sampled lookups, and their second moments, so two candidates compare
+  *paired*, on the same lookups). A candidate's *lead* over another is its decayed hits minus the
+  other's over the decayed referenced pages; ``z`` is that difference in standard errors.
 * **Choice, with hysteresis.** Every ``decide_every`` sampled lookups, once ``min_lookups`` were
-  sampled: the active candidate stays while its lead is above 0 and within
-  ``margin`` of the best lead; otherwise the best candidate takes over if its lead exceeds
-  ``margin``, and LRU if none does (weak evidence: LRU).
+  sampled: the best candidate takes over if it leads the active one by more than ``margin`` and
+  ``z_switch`` standard errors; otherwise the active one goes back to LRU when LRU leads it by
+  ``z_keep`` standard errors; otherwise nothing changes. LRU starts, so weak evidence means LRU.
 * **The live cache** runs only the active candidate: its hooks and key are bound straight onto
   this object (no per-call dispatch). A switch hands the live tree to a fresh instance of the
   winner: every node's ``policy_data`` is rebuilt top-down by its ``on_insert`` and the
