@@ -56,6 +56,7 @@ class Request:
     ends_when_known: bool = False  # its pending token reaches max_tokens / max_model_len
     step_row: int = -1  # its row in the last step it was scheduled in
     replica: int = 0  # the data-parallel replica that holds its pages (pcjax.parallel)
+    queued_at_step: int | None = None  # the scheduler's step when it joined the queue
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -74,7 +74,6 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_preemptions = 0
         self.num_steps = 0  # schedule() calls: the clock of aging
-        self._queued_at: dict[int, int] = {}  # id(request) -> step it was queued at
 
     @classmethod
     def from_config(cls, kv: KVManager, cfg: EngineConfig, max_num_batched_tokens: int):
@@ -89,7 +88,7 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
-        self._queued_at[id(req)] = self.num_steps
+        req.queued_at_step = self.num_steps
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -127,7 +126,7 @@ class Scheduler:
         req.status = Status.WAITING
         req.prompt_cached = False
         self.waiting.appendleft(req)
-        self._queued_at.setdefault(id(req), self.num_steps)
+        req.queued_at_step = self.num_steps  # its wait starts again
         self.num_preemptions += 1
 
     def _admit_waiting(self, entries: list, budget: int) -> int:
@@ -149,7 +148,7 @@ class Scheduler:
             self.kv.record_hit(req, matched)  # before `grow` evicts, as replay orders them
             if not self.kv.grow(req, num_tokens):
                 raise RuntimeError("pages counted as reclaimable could not be had")
-            self._queued_at.pop(id(req), None)
+            req.queued_at_step = None
             req.status = Status.RUNNING
             self.running.append(req)
             entries.append((req, num_tokens))
@@ -169,7 +168,7 @@ class Scheduler:
 
         def rank(item):
             position, req = item
-            waited = now - self._queued_at.get(id(req), now)
+            waited = now - (now if req.queued_at_step is None else req.queued_at_step)
             if waited >= self.aging_steps:
                 return (0, -waited, position)
             key = cache_key(req, req.all_token_ids)
@@ -208,5 +207,5 @@ class Scheduler:
             return
         if req in self.waiting:
             self.waiting.remove(req)
-        self._queued_at.pop(id(req), None)
+        req.queued_at_step = None
         req.status = Status.FINISHED
