@@ -5,12 +5,12 @@ Panels: "online" holds the policies an engine can run (any name, new ones includ
 Belady as references; "bounds" holds the class bounds (``bound:<features>``) and their hindsight
 replays (``hindsight:<features>``), with the same references and the infinite-cache bound.
 
-Every known name has its own entry in `FIXED`; a name not listed there (a policy added later, such
-as "adaptive") gets the first (color, marker) pair no listed name uses, in sorted-name order, so
+Every known name has its own entry in `FIXED`; a name not listed there (a policy added later)
+gets the first (color, marker) pair no listed name uses, in sorted-name order, so
 the series of one figure never share a look:
 
-    >>> styles = series_styles(["lru", "adaptive", "slru"])
-    >>> styles["adaptive"] != styles["slru"] != styles["lru"]
+    >>> styles = series_styles(["lru", "my_policy", "slru"])
+    >>> styles["my_policy"] != styles["slru"] != styles["lru"]
     True
 """
 
@@ -27,7 +27,7 @@ class SeriesStyle(NamedTuple):
 REFERENCES = ("lru", "belady")  # drawn in both panels
 BOUND_REFERENCES = ("infinite",)  # drawn in the bounds panel only
 BOUND_PREFIXES = ("bound:", "hindsight:")
-OURS = ("deadline", "learned_hold")  # drawn thicker
+OURS = ("deadline", "learned_hold", "adaptive")  # drawn thicker
 
 FIXED: dict[str, SeriesStyle] = {
     "belady": SeriesStyle("#000000", "", "--", 2.0),
@@ -41,6 +41,7 @@ FIXED: dict[str, SeriesStyle] = {
     "gdsf": SeriesStyle("#8c564b", "P"),
     "deadline": SeriesStyle("#e377c2", "*", "-", 2.5),
     "learned_hold": SeriesStyle("#17becf", "X", "-", 2.5),
+    "adaptive": SeriesStyle("#006d2c", "h", "-", 2.5),
     "bound:none": SeriesStyle("#bcbd22", "", "--"),
     "bound:uses": SeriesStyle("#ff9896", "", "--"),
     "bound:uses+gap": SeriesStyle("#98df8a", "", "--"),

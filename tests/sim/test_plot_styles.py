@@ -19,7 +19,7 @@ def _look(style):
 
 
 def test_every_series_of_a_figure_has_its_own_color_and_marker():
-    names = [*SEQUENTIAL_ROWS, "adaptive", "some_future_policy"]
+    names = list(dict.fromkeys([*SEQUENTIAL_ROWS, "adaptive", "some_future_policy"]))
     styles = plot_styles.series_styles(names)
     assert set(styles) == set(names)
     assert len({_look(s) for s in styles.values()}) == len(names)
@@ -36,7 +36,7 @@ def test_known_names_keep_their_style_whatever_else_is_plotted():
 def test_online_policies_and_bounds_go_to_separate_panels():
     online = [n for n in SEQUENTIAL_ROWS if plot_styles.in_panel(n, "online")]
     bounds = [n for n in SEQUENTIAL_ROWS if plot_styles.in_panel(n, "bounds")]
-    assert "adaptive" not in plot_styles.FIXED and plot_styles.panel_of("adaptive") == "online"
+    assert plot_styles.panel_of("adaptive") == plot_styles.panel_of("new_policy") == "online"
     assert not any(n.startswith(("bound:", "hindsight:")) for n in online)
     assert set(online) & set(bounds) == {"lru", "belady"}
     assert "infinite" in bounds and "slru" in online and "hindsight:uses" in bounds
