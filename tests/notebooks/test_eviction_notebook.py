@@ -45,6 +45,7 @@ def test_notebook_is_committed_with_its_outputs_on_the_committed_results():
     text = "".join(o.get("text", "") for o in outputs)
     assert "results from experiments/results" in text
     assert "no " + "two_tier rows" not in text and "no engine rows" not in text
+    assert "worst vs LRU" in text and "adaptive" in text  # the robustness table
 
 
 def test_notebook_executes_on_a_small_results_file(results, tmp_path, monkeypatch):
