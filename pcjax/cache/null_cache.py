@@ -41,7 +41,9 @@ class NullCache:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         return MatchResult([], 0, self.root, [], self.root)
 
-    def record_access(self, node: Node, lookup: Sequence[int] | None = None) -> None:
+    def record_access(
+        self, node: Node, tokens: Sequence[int] | None = None, *, max_tokens: int | None = None
+    ) -> None:
         self._check_handle(node)
 
     def peek(self, tokens: Sequence[int], *, max_tokens: int | None = None) -> int:

@@ -148,11 +148,10 @@ class RadixTree(TierOps):
         it with `record_access(host_node)` once it uses the match (the engine's scheduler matches
         a waiting request on every try but counts it only when the request is admitted).
         """
-        key = as_key(tokens)
-        limit = len(key) if max_tokens is None else min(len(key), max_tokens)
-        if limit < 0:
+        if max_tokens is not None and max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
-        limit -= limit % self.page_size
+        key = as_key(tokens)
+        limit = self._lookup_limit(key, max_tokens)
         if record:
             self.policy.on_lookup(self, key if limit == len(key) else key[:limit])
         end, _, pages, host_path = self._walk(key, limit)
@@ -162,14 +161,17 @@ class RadixTree(TierOps):
         slots = [slot for n in host_path for slot in n.host_slots]
         return MatchResult(pages, len(pages) * self.page_size, node, slots, end)
 
-    def record_access(self, node: Node, lookup: Sequence[int] | None = None) -> None:
+    def record_access(
+        self, node: Node, tokens: Sequence[int] | None = None, *, max_tokens: int | None = None
+    ) -> None:
         """Records one match ending at ``node``: the clock ticks, and every node from ``node`` up
         to the root gets the new clock as its last access and one more hit (what ``match`` does
-        with ``record=True``). ``lookup``: the key that was matched (page aligned, as cut by
-        ``max_tokens``), shown to the policy's `on_lookup` as `match` would have."""
+        with ``record=True``). ``tokens`` and ``max_tokens``: what was matched, shown to the
+        policy's `on_lookup` cut as `match` cuts it."""
         self._check_handle(node)
-        if lookup is not None:
-            self.policy.on_lookup(self, as_key(lookup))
+        if tokens is not None:
+            key = as_key(tokens)
+            self.policy.on_lookup(self, key[: self._lookup_limit(key, max_tokens)])
         self.clock += 1
         self._touch(node, hit=True)
 
@@ -178,8 +180,7 @@ class RadixTree(TierOps):
         access or splitting a node: the tree is left as it was (replica dispatch asks every
         replica's tree before one of them admits the request)."""
         key = as_key(tokens)
-        limit = len(key) if max_tokens is None else min(len(key), max(max_tokens, 0))
-        limit -= limit % self.page_size
+        limit = self._lookup_limit(key, max_tokens)
         P, node, pos = self.page_size, self.root, 0
         while pos < limit:
             child = node.children.get(key[pos : pos + P])
@@ -190,6 +191,11 @@ class RadixTree(TierOps):
             if n < len(child.key):
                 break
         return pos
+
+    def _lookup_limit(self, key: tuple, max_tokens: int | None) -> int:
+        """Tokens of ``key`` a lookup may match: at most ``max_tokens``, whole pages."""
+        limit = len(key) if max_tokens is None else min(len(key), max(max_tokens, 0))
+        return limit - limit % self.page_size
 
     def insert(self, tokens: Sequence[int], pages: Sequence[int]) -> InsertResult:
         """Caches ``tokens`` whose KV is in ``pages`` (``len(tokens) == len(pages) * P``).

@@ -90,7 +90,7 @@ class KVManager:
         req.pages = list(match.pages) if node is match.node else self.cache.path_pages(node)
         req.num_shared_pages = len(req.pages)
         req.num_computed_tokens = len(req.pages) * self.page_size
-        return match.host_node if match.host_node is not None else match.node
+        return match.host_node
 
     def _load(self, match) -> object:
         """Loads the host part of ``match`` (``match.node`` is locked) into new device pages if
@@ -113,14 +113,18 @@ class KVManager:
         elif offloads or loads:
             raise RuntimeError("the cache queued page copies but no transfer is set")
 
+    def cached_prefix_tokens(self, req: Request) -> int:
+        """Tokens `admit` would find cached now (both tiers), without touching the cache."""
+        tokens = cache_key(req, req.all_token_ids)
+        return self.cache.peek(tokens, max_tokens=len(tokens) - 1)
+
     def record_hit(self, req: Request, matched) -> None:
         """Records the admitted request's match in the cache (``matched``: what `admit` returned;
         the request's locked node instead if a host-tier eviction dropped it meanwhile) and counts
         its prompt hit in the stats, once per request."""
         tokens = cache_key(req, req.all_token_ids)
-        looked_up = len(tokens) - 1 - (len(tokens) - 1) % self.page_size  # as `admit` matched
         node = matched if matched.parent is not None else req.cache_node
-        self.cache.record_access(node, tokens[:looked_up])
+        self.cache.record_access(node, tokens, max_tokens=len(tokens) - 1)  # as `admit` matched
         if req.num_cached_tokens is None:
             req.num_cached_tokens = min(req.num_computed_tokens, len(req.prompt_token_ids))
             self.queried_tokens += len(req.prompt_token_ids)

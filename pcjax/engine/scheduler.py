@@ -25,7 +25,7 @@ import collections
 import dataclasses
 
 from pcjax.config import SCHEDULING_POLICIES, EngineConfig
-from pcjax.engine.kv_manager import KVManager, cache_key
+from pcjax.engine.kv_manager import KVManager
 from pcjax.engine.request import Request, Status
 
 
@@ -164,15 +164,14 @@ class Scheduler:
     def _order_by_prefix(self) -> None:
         """Sorts the waiting queue for "lpm": requests that waited ``aging_steps`` steps first
         (oldest first), then the longest cached prefix first; ties keep their queue order."""
-        now, cache = self.num_steps, self.kv.cache
+        now = self.num_steps
 
         def rank(item):
             position, req = item
-            waited = now - (now if req.queued_at_step is None else req.queued_at_step)
+            waited = now - req.queued_at_step  # set while it waits (add, preempt)
             if waited >= self.aging_steps:
                 return (0, -waited, position)
-            key = cache_key(req, req.all_token_ids)
-            return (1, -cache.peek(key, max_tokens=len(key) - 1), position)
+            return (1, -self.kv.cached_prefix_tokens(req), position)
 
         ordered = sorted(enumerate(self.waiting), key=rank)
         self.waiting = collections.deque(req for _, req in ordered)
