@@ -50,6 +50,7 @@ def make_batch(
     spare_pages: int = 3,
     max_q_len: int | None = None,
     poison: bool = True,
+    shared: dict[int, tuple[int, int]] | None = None,
 ) -> Batch:
     """A ragged step: sequence b computes q_lens[b] new tokens and then holds kv_lens[b] tokens.
 
@@ -58,14 +59,24 @@ def make_batch(
       pages_per_seq: M, the page table's width (default: what the longest sequence needs).
       spare_pages: unowned pages in the pool besides the null page.
       max_q_len: the static bucket (default: the largest q_len, at least 1).
+      shared: ``{b: (parent, n)}``: sequence b's first n pages are those of the earlier sequence
+        ``parent`` (a prefix cache hit); both must hold them whole in their cached prefixes.
+
+    Example: ``make_batch(0, (1, 1), (40, 50), ..., page_size=16, shared={1: (0, 2)})`` gives
+    two decodes whose tables begin with the same two pages (32 shared tokens).
     """
     rng = np.random.default_rng(seed)
     q_lens, kv_lens = np.asarray(q_lens, np.int32), np.asarray(kv_lens, np.int32)
     if np.any(q_lens > kv_lens):
         raise ValueError(f"every q_len must be <= its kv_len, got {q_lens} > {kv_lens}")
+    shared = shared or {}
+    for b, (parent, n) in shared.items():
+        if not 0 <= parent < b or n * page_size > (kv_lens - q_lens)[[parent, b]].min():
+            raise ValueError(f"sequence {b} cannot share {n} whole cached pages of {parent}")
     need = -(-kv_lens // page_size)  # pages of each sequence
+    own = need - np.array([shared.get(b, (0, 0))[1] for b in range(len(need))], np.int64)
     pages_per_seq = pages_per_seq or max(1, int(need.max(initial=0)))
-    num_pages = 1 + int(need.sum()) + spare_pages
+    num_pages = 1 + int(own.sum()) + spare_pages
     num_tokens = num_tokens if num_tokens is not None else int(q_lens.sum())
     shape = (num_pages, page_size, num_kv_heads, head_dim)
     fill = np.nan if poison else 0.0
@@ -75,13 +86,16 @@ def make_batch(
     slot_mapping = np.zeros(num_tokens, np.int32)  # padding tokens write into the null page
     cu_q_lens = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
     for b, (q_len, kv_len) in enumerate(zip(q_lens, kv_lens, strict=True)):
-        page_table[b, : need[b]], free = free[: need[b]], free[need[b] :]
+        parent, n = shared.get(b, (0, 0))
+        page_table[b, :n] = page_table[parent, :n]
+        page_table[b, n : need[b]], free = free[: own[b]], free[own[b] :]
         pos = np.arange(kv_len)
         pages, offsets = page_table[b, pos // page_size], pos % page_size
         cached = pos < kv_len - q_len
+        mine = cached & (pos >= n * page_size)  # shared pages already hold the parent's K/V
         for pages_array in (k_pages, v_pages):
-            pages_array[pages[cached], offsets[cached]] = rng.standard_normal(
-                (int(cached.sum()), num_kv_heads, head_dim)
+            pages_array[pages[mine], offsets[mine]] = rng.standard_normal(
+                (int(mine.sum()), num_kv_heads, head_dim)
             )
         slot_mapping[cu_q_lens[b] : cu_q_lens[b + 1]] = (pages * page_size + offsets)[~cached]
     # Padding tokens (past cu_q_lens[B]) carry NaN (or 0) queries, keys and values; their K/V

@@ -57,6 +57,70 @@ def test_attention_matches_reference_on_long_ragged_steps(
     assert_matches_reference(out, want)
 
 
+def _cascade_case(members: int):
+    """(q_lens, kv_lens, shared) of a step where prefix caching shares pages between decodes.
+
+    Sequence 0 and ``members - 1`` decodes share 20 pages (320 tokens); two of those share 5 more
+    between them; three more decodes share 5 pages among themselves (80 tokens); one decode shares
+    2 pages with sequence 0 (32 tokens: too few for a cascade); a 40-token chunk shares 20 pages
+    (not a decode); one decode shares nothing. Members end mid-page or on a page boundary.
+    """
+    q_lens, kv_lens, shared = [1], [333], {}
+    for i in range(1, members):
+        q_lens.append(1), kv_lens.append(321 + 7 * i)
+        shared[len(kv_lens) - 1] = (0, 20)
+    kv_lens[-1] = kv_lens[-2] = 417  # the pair sharing 25 pages (400 tokens)
+    shared[len(kv_lens) - 1] = (len(kv_lens) - 2, 25)
+    first = len(kv_lens)
+    for i in range(3):
+        q_lens.append(1), kv_lens.append(96 + 16 * i)
+        if i:
+            shared[first + i] = (first, 5)
+    q_lens += [1, 40, 1]
+    kv_lens += [60, 380, 150]
+    shared[len(kv_lens) - 3] = (0, 2)
+    shared[len(kv_lens) - 2] = (0, 20)
+    return q_lens, kv_lens, shared
+
+
+@pytest.mark.parametrize(
+    ("dtype", "num_heads", "num_kv_heads", "head_dim", "members", "soft_cap"),
+    [
+        (jnp.float32, 9, 3, 64, 8, None),  # smollm2-135m, a batch of 8 on one system prompt
+        (jnp.float32, 12, 4, 64, 50, None),  # more members than one first-pass item holds
+        (jnp.bfloat16, 8, 2, 128, 5, 30.0),  # GQA group of 4 (the most), head_dim 128, soft cap
+        (jnp.float32, 4, 4, 64, 3, None),  # no GQA
+    ],
+)
+def test_decodes_sharing_prefix_pages_match_reference(
+    dtype, num_heads, num_kv_heads, head_dim, members, soft_cap
+):
+    """The cascade (decodes attending to the pages they share together, then each to its own):
+    several groups, a pair sharing more than its group, shares too short to cascade, a chunk on
+    the shared pages beside them, NaN everywhere the kernel must not read."""
+    q_lens, kv_lens, shared = _cascade_case(members)
+    batch = make_batch(
+        members + 7,
+        q_lens,
+        kv_lens,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        page_size=16,
+        dtype=dtype,
+        num_tokens=sum(q_lens) + 3,
+        shared=shared,
+    )
+    args = dict(sm_scale=head_dim**-0.5, soft_cap=soft_cap)
+    k_pages, v_pages, want = written_and_reference(batch, **args)
+    out = jax.jit(lambda *a: rpa_cpu.ragged_paged_attention_cpu(*a, **args))(
+        batch.q, k_pages, v_pages, batch.md
+    )
+    real = sum(q_lens)
+    np.testing.assert_array_equal(np.asarray(out[real:], np.float32), 0)
+    assert_matches_reference(out, want)
+
+
 def _one_sequence(page_table, kv_len):
     batch = make_batch(0, [1], [5], num_heads=2, num_kv_heads=1, head_dim=16, page_size=4)
     md = AttentionMetadata(

@@ -19,6 +19,15 @@
 //   lanes would leave most lanes idle): scores are dot products read straight from the pages,
 //   tiles walk each page once for all the item's heads, and the next tiles are prefetched.
 //
+// * Shared prefixes (cascade, decode only): decode sequences whose page tables begin with the same
+//   pages (a system prompt, a conversation's earlier turns: prefix caching shares the pages
+//   themselves) attend to those pages together, rows in lanes: a first pass of items (group,
+//   kv head, block of members, chunk of the shared tokens) folds every member's rows over the
+//   chunk and keeps the unnormalized online-softmax state (max, sum, output) per row and chunk;
+//   the members' own items then cover only their remaining tokens and merge those states before
+//   normalizing. The shared K/V are read once per block of members instead of once per member,
+//   and the softmax runs lane-wise instead of per row.
+//
 // Only kv positions < kv_len are ever read, so stale or NaN pages past a sequence's length, the
 // null page and padding never reach the output.
 
@@ -28,6 +37,8 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -92,7 +103,29 @@ struct WorkItem {
   int32_t seq;                // sequence b
   int32_t kv_head, kv_heads;  // kv heads kv_head .. kv_head + kv_heads - 1
   int32_t first, count;       // query tokens first .. first + count - 1 of the sequence
+  int32_t shared = 0;         // kv positions [0, shared) come from the cascade's partial states
+  int32_t chunks = 0;         // ... in that many chunks,
+  int64_t partials = -1;      // at this offset of the partial-state buffer (see PartialIndex)
 };
+
+// The cascade's partial states: per member sequence, kv head, row of the head's GQA group and
+// chunk of the shared tokens, (max, sum, H unnormalized output sums) as floats.
+inline int64_t PartialIndex(int64_t base, int64_t kv_head, int64_t row, int64_t chunk, int64_t G,
+                            int64_t chunks, int64_t H) {
+  return base + ((kv_head * G + row) * chunks + chunk) * (H + 2);
+}
+
+// One first-pass item of the cascade: rows of `num_members` decode sequences (kv head kv_head)
+// over kv positions [begin, end) of the pages they share.
+struct SharedItem {
+  const int32_t* pages;    // the shared page ids (any member's page table row)
+  const int32_t* members;  // the sequences, num_members of them
+  const int64_t* bases;    // each member's offset in the partial-state buffer
+  int32_t num_members, kv_head, begin, end, chunk, chunks;
+};
+
+constexpr int64_t kMinSharedTokens = 64;  // shorter shared prefixes are not worth a cascade
+constexpr int64_t kSharedChunk = 128;     // kv tokens per first-pass item
 
 constexpr int64_t kFewRows = 4;   // rows per kv head up to which decode runs AttendFewRows
 constexpr int kPrefetchTiles = 2;  // how far ahead the K/V rows of a tile are prefetched
@@ -180,9 +213,25 @@ void FoldTile(int64_t H_runtime, const Options& opt, const float* k, const float
 // scores are dot products (kHeadDim / kLanes FMAs and one horizontal sum per kv token), the
 // softmax runs over a vector of the tile's scores, and V rows fold into the row's accumulators.
 
+// Folds the cascade's partial states of kv positions [0, w.shared) into a row's state.
+template <int kChunks>
+void MergePartials(const float* partials, const WorkItem& w, int64_t G, int64_t hh, int64_t r,
+                   FewRowsState<kChunks>& st) {
+  constexpr int64_t H = kChunks * kLanes;
+  for (int64_t c = 0; c < w.chunks; ++c) {
+    const float* p = partials + PartialIndex(w.partials, w.kv_head + hh, r, c, G, w.chunks, H);
+    const float new_max = std::max(st.m[r], p[0]);
+    const float mine = Exp(Splat(st.m[r] - new_max))[0], theirs = Exp(Splat(p[0] - new_max))[0];
+    st.l[r] = st.l[r] * mine + p[1] * theirs;
+    st.m[r] = new_max;
+    for (int c2 = 0; c2 < kChunks; ++c2)
+      st.out[r][c2] = st.out[r][c2] * mine + LoadVec(p + 2 + c2 * kLanes) * theirs;
+  }
+}
+
 template <typename T, int kHeadDim>
 void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, const WorkItem& w,
-                   std::vector<FewRowsState<kHeadDim / kLanes>>& states) {
+                   std::vector<FewRowsState<kHeadDim / kLanes>>& states, const float* partials) {
   static_assert(kHeadDim % kLanes == 0, "head_dim in whole vectors");
   constexpr int kChunks = kHeadDim / kLanes;
   const int64_t G = sh.group(), K = sh.num_kv_heads, P = sh.page_size;
@@ -194,7 +243,7 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
   const int64_t hi = first_pos + w.count;
   const int64_t lo = opt.sliding_window > 0
                          ? std::max<int64_t>(0, first_pos - opt.sliding_window + 1)
-                         : 0;
+                         : w.shared;  // a cascade member: [0, shared) was folded by the first pass
   const int64_t token_stride = K * kHeadDim;
   const int32_t* pages = x.page_table + b * sh.pages_per_seq;
   IVec lane;
@@ -289,7 +338,8 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
 
   for (int64_t hh = 0; hh < w.kv_heads; ++hh)
     for (int64_t r = 0; r < rows; ++r) {
-      const auto& st = states[hh];
+      auto& st = states[hh];
+      if (w.partials >= 0) MergePartials(partials, w, G, hh, r, st);
       const int64_t i = r / G, head = (w.kv_head + hh) * G + r % G;
       T* out_row = x.out + ((seq_start + w.first + i) * sh.num_heads + head) * kHeadDim;
       const float inv = 1.0f / st.l[r];
@@ -300,13 +350,13 @@ void AttendFewRows(const Shape& sh, const Options& opt, const Operands<T>& x, co
 
 template <typename T, int kHeadDim>
 void Attend(const Shape& sh, const Options& opt, const Operands<T>& x, const WorkItem& w,
-            Scratch& scratch) {
+            Scratch& scratch, const float* partials) {
   const int64_t H = kHeadDim > 0 ? kHeadDim : sh.head_dim;
   const int64_t G = sh.group(), K = sh.num_kv_heads, P = sh.page_size;
   const int64_t rows_per_head = static_cast<int64_t>(w.count) * G;
   if constexpr (kHeadDim > 0) {
     if (rows_per_head <= kFewRows)
-      return AttendFewRows<T, kHeadDim>(sh, opt, x, w, scratch.few_rows<kHeadDim>());
+      return AttendFewRows<T, kHeadDim>(sh, opt, x, w, scratch.few_rows<kHeadDim>(), partials);
   }
   const int64_t vecs_per_head = (rows_per_head + kLanes - 1) / kLanes;
   const int64_t b = w.seq;
@@ -368,8 +418,146 @@ void Attend(const Shape& sh, const Options& opt, const Operands<T>& x, const Wor
     }
 }
 
+// A first-pass item of the cascade: the rows of its members' query tokens (kv head w.kv_head)
+// over kv positions [w.begin, w.end) of the shared pages, rows in lanes as Attend lays them; it
+// stores each row's unnormalized state for MergePartials. Every shared position lies before
+// every member's query, so nothing is masked but a partial tile's missing tokens (and the soft
+// cap applies as usual).
+template <typename T, int kHeadDim>
+void AttendShared(const Shape& sh, const Options& opt, const Operands<T>& x, const SharedItem& w,
+                  Scratch& scratch, float* partials) {
+  constexpr int64_t H = kHeadDim;
+  const int64_t G = sh.group(), K = sh.num_kv_heads, P = sh.page_size;
+  const int64_t rows = static_cast<int64_t>(w.num_members) * G;  // <= kMaxRows
+  const int64_t vecs = (rows + kLanes - 1) / kLanes;
+  Vec* q_t = scratch.q_t.data();
+  Vec* out_t = scratch.out_t.data();
+  for (int64_t vec = 0; vec < vecs; ++vec) {
+    for (int64_t h = 0; h < H; ++h) q_t[vec * H + h] = Vec{}, out_t[vec * H + h] = Vec{};
+    scratch.m[vec] = Splat(kMasked);
+    scratch.l[vec] = Vec{};
+    for (int r = 0; r < kLanes; ++r) {
+      const int64_t row = vec * kLanes + r;
+      scratch.pos[vec][r] = -1;  // an unused lane sees nothing
+      if (row >= rows) continue;
+      const int64_t b = w.members[row / G], head = w.kv_head * G + row % G;
+      const T* q_row = x.q + (x.cu_q_lens[b] * sh.num_heads + head) * H;
+      for (int64_t h = 0; h < H; ++h) q_t[vec * H + h][r] = ToFloat(q_row[h]) * opt.sm_scale;
+      scratch.pos[vec][r] = x.kv_lens[b] - 1;
+    }
+  }
+  const int64_t token_stride = K * H;
+  for (int64_t t0 = w.begin; t0 < w.end;) {
+    const int64_t offset = t0 % P;
+    const int64_t n = std::min<int64_t>({kLanes, P - offset, w.end - t0});
+    const int64_t base =
+        (static_cast<int64_t>(w.pages[t0 / P]) * P + offset) * token_stride + w.kv_head * H;
+    LoadTile(x.k + base, token_stride, n, H, scratch.k_tile.data());
+    LoadTile(x.v + base, token_stride, n, H, scratch.v_tile.data());
+    for (int64_t vec = 0; vec < vecs; ++vec)
+      FoldTile<kHeadDim>(H, opt, scratch.k_tile.data(), scratch.v_tile.data(), t0, n,
+                         q_t + vec * H, scratch.pos[vec], scratch.m[vec], scratch.l[vec],
+                         out_t + vec * H);
+    t0 += n;
+  }
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t vec = row / kLanes, r = row % kLanes;
+    float* p = partials + PartialIndex(w.bases[row / G], w.kv_head, row % G, w.chunk, G,
+                                       w.chunks, H);
+    p[0] = scratch.m[vec][r];
+    p[1] = scratch.l[vec][r];
+    for (int64_t h = 0; h < H; ++h) p[2 + h] = out_t[vec * H + h][r];
+  }
+}
+
 ffi::Error Invalid(const std::string& message) {
   return InvalidArgument("pcjax ragged paged attention: " + message);
+}
+
+// The cascade's plan: which decode sequences attend to which shared pages together.
+struct Cascade {
+  struct Member {
+    int32_t shared, chunks;  // shared kv tokens, in chunks of kSharedChunk
+    int64_t base;            // offset of its partial states
+  };
+  std::vector<Member> members;
+  std::unordered_map<int32_t, size_t> member_of;  // sequence -> index in members
+  std::vector<int32_t> seqs;                      // members' sequences, group by group
+  std::vector<int64_t> bases;                     // their partial-state offsets, in that order
+  std::vector<SharedItem> items;                  // the first pass (points into seqs and bases)
+  int64_t partial_floats = 0;
+};
+
+// Groups the decode sequences (one query token, a GQA group of at most kFewRows heads) by the
+// pages their tables begin with: sorted by page row, a group grows while its members' common
+// whole pages, all before every member's query, times the members does not shrink; groups of at
+// least two members sharing kMinSharedTokens become cascades. None with a sliding window (the
+// shared pages might leave it) or a head_dim without a compiled-in size.
+template <typename T>
+Cascade PlanCascade(const Shape& sh, const Options& opt, const Operands<T>& x) {
+  Cascade plan;
+  const int64_t G = sh.group(), K = sh.num_kv_heads, H = sh.head_dim, P = sh.page_size;
+  if (opt.sliding_window > 0 || G > kFewRows || (H != 64 && H != 128)) return plan;
+  auto row = [&](int32_t b) { return x.page_table + b * sh.pages_per_seq; };
+  auto whole_pages = [&](int32_t b) { return (x.kv_lens[b] - 1) / P; };  // before the query
+  std::vector<int32_t> decodes;
+  for (int32_t b = 0; b < sh.num_seqs; ++b)
+    if (x.cu_q_lens[b + 1] - x.cu_q_lens[b] == 1 && whole_pages(b) * P >= kMinSharedTokens)
+      decodes.push_back(b);
+  std::sort(decodes.begin(), decodes.end(), [&](int32_t a, int32_t c) {
+    return std::lexicographical_compare(row(a), row(a) + whole_pages(a), row(c),
+                                        row(c) + whole_pages(c));
+  });
+  struct Group {
+    size_t begin, end;  // members decodes[begin .. end)
+    int64_t shared_pages;
+  };
+  std::vector<Group> groups;
+  for (size_t i = 0, j; i < decodes.size(); i = j) {
+    const int32_t* first = row(decodes[i]);
+    int64_t shared = whole_pages(decodes[i]);
+    for (j = i + 1; j < decodes.size(); ++j) {
+      const int64_t most = std::min<int64_t>(shared, whole_pages(decodes[j]));
+      const int64_t common = std::mismatch(first, first + most, row(decodes[j])).first - first;
+      const int64_t before = static_cast<int64_t>(j - i);
+      if (common * P < kMinSharedTokens || common * (before + 1) < shared * before) break;
+      shared = common;
+    }
+    if (j - i >= 2) groups.push_back({i, j, shared});
+  }
+  // Members and their partial-state offsets; then the first-pass items, which point into seqs
+  // and bases (complete by then): per group, kv head, block of members and chunk.
+  for (const Group& g : groups) {
+    const int32_t tokens = static_cast<int32_t>(g.shared_pages * P);
+    const int32_t chunks = static_cast<int32_t>((tokens + kSharedChunk - 1) / kSharedChunk);
+    for (size_t k = g.begin; k < g.end; ++k) {
+      plan.member_of[decodes[k]] = plan.members.size();
+      plan.members.push_back({tokens, chunks, plan.partial_floats});
+      plan.seqs.push_back(decodes[k]);
+      plan.bases.push_back(plan.partial_floats);
+      plan.partial_floats += K * G * chunks * (H + 2);
+    }
+  }
+  const int64_t most_members = kMaxRows / G;
+  for (size_t offset = 0, gi = 0; gi < groups.size(); ++gi) {
+    const Group& g = groups[gi];
+    const int64_t count = static_cast<int64_t>(g.end - g.begin);
+    const int64_t blocks = (count + most_members - 1) / most_members;
+    const int64_t per_block = (count + blocks - 1) / blocks;
+    const Cascade::Member& m = plan.members[offset];
+    for (int32_t kh = 0; kh < K; ++kh)
+      for (int64_t first = 0; first < count; first += per_block)
+        for (int32_t c = 0; c < m.chunks; ++c)
+          plan.items.push_back({row(decodes[g.begin]), plan.seqs.data() + offset + first,
+                                plan.bases.data() + offset + first,
+                                static_cast<int32_t>(std::min(per_block, count - first)), kh,
+                                static_cast<int32_t>(c * kSharedChunk),
+                                static_cast<int32_t>(std::min<int64_t>(
+                                    m.shared, (c + 1) * kSharedChunk)),
+                                c, m.chunks});
+    offset += count;
+  }
+  return plan;
 }
 
 template <typename T>
@@ -414,19 +602,35 @@ ffi::Error Run(ffi::ThreadPool& pool, const Shape& sh, const Options& opt,
                          static_cast<int32_t>(std::min(block, q_len - first))});
   }
   if (items.empty()) return ffi::Error::Success();
+  const Cascade cascade = PlanCascade(sh, opt, x);
+  for (WorkItem& item : items) {
+    const auto found = cascade.member_of.find(item.seq);
+    if (found == cascade.member_of.end()) continue;
+    const Cascade::Member& member = cascade.members[found->second];
+    item.shared = member.shared, item.chunks = member.chunks, item.partials = member.base;
+  }
   // Longest kv ranges first, so the last items to finish are short ones.
-  std::stable_sort(items.begin(), items.end(), [&](const WorkItem& a, const WorkItem& c) {
-    return x.kv_lens[a.seq] - (x.cu_q_lens[a.seq + 1] - x.cu_q_lens[a.seq]) + a.first >
-           x.kv_lens[c.seq] - (x.cu_q_lens[c.seq + 1] - x.cu_q_lens[c.seq]) + c.first;
-  });
-  const int64_t slots = Workers(pool, static_cast<int64_t>(items.size()));
+  auto start = [&](const WorkItem& a) {
+    return x.kv_lens[a.seq] - (x.cu_q_lens[a.seq + 1] - x.cu_q_lens[a.seq]) + a.first - a.shared;
+  };
+  std::stable_sort(items.begin(), items.end(),
+                   [&](const WorkItem& a, const WorkItem& c) { return start(a) > start(c); });
+  const int64_t slots = Workers(
+      pool, static_cast<int64_t>(std::max(items.size(), cascade.items.size())));
   std::vector<std::unique_ptr<Scratch>> scratch;
   for (int64_t t = 0; t < slots; ++t) scratch.push_back(std::make_unique<Scratch>(sh.head_dim));
+  std::vector<float> partials(cascade.partial_floats);
+  if (!cascade.items.empty()) {
+    auto attend_shared = sh.head_dim == 64 ? &AttendShared<T, 64> : &AttendShared<T, 128>;
+    ParallelFor(pool, static_cast<int64_t>(cascade.items.size()), [&](int64_t i, int64_t slot) {
+      attend_shared(sh, opt, x, cascade.items[i], *scratch[slot], partials.data());
+    });
+  }
   auto attend = sh.head_dim == 64    ? &Attend<T, 64>
                 : sh.head_dim == 128 ? &Attend<T, 128>
                                      : &Attend<T, 0>;
   ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t i, int64_t slot) {
-    attend(sh, opt, x, items[i], *scratch[slot]);
+    attend(sh, opt, x, items[i], *scratch[slot], partials.data());
   });
   return ffi::Error::Success();
 }

@@ -10,7 +10,10 @@
 // against kM rows of x: kO * kM accumulators, kO loaded w vectors and one x vector, sized to fit
 // the target's vector registers (kVecRegisters) so nothing spills. A tile of w rows is streamed
 // from memory once, for its first kM rows of x; further groups of x rows (M > kM) reread it from
-// L1, where it still sits (kO rows of K values: a few KB).
+// L1, where it still sits (kO rows of K values: a few KB). Every group prefetches the w rows
+// kPrefetchTiles tiles ahead, so memory keeps streaming while the later groups compute: with
+// prefetches in the first group only, an 8-row product (two groups of 4 on AVX2) computed and
+// loaded in turns (smollm2-135m's decode projections in f32, B = 8: 25.5 -> 22.2 ms).
 
 #include <algorithm>
 #include <cstdint>
@@ -25,6 +28,7 @@ namespace {
 
 constexpr int64_t kMaxRows = 16;     // rows of x
 constexpr int64_t kRowsPerItem = 64;  // rows of w per work item
+constexpr int64_t kPrefetchTiles = 2;  // how many tiles of w rows ahead the loads are prefetched
 
 // The register tile for kM rows of x: as many w rows kO (at most kMaxO) as keep the kO * kM
 // accumulators, kO w vectors and one x vector within the vector registers. 16 registers (AVX2):
@@ -46,15 +50,20 @@ struct Operands {
 // fill kO) against rows m in [m0, m0 + kM) of x, writing those m < a.rows.
 template <int kM, int kO, typename T, typename Out>
 void Tile(const Operands<T>& a, const T* const (&w_rows)[kO], int64_t o, int64_t live, int64_t m0,
-          bool prefetch, Out* y) {
+          Out* y) {
   static_assert(kO * kM + kO + 1 <= kVecRegisters, "the tile fits the vector registers");
   constexpr int64_t kLineElements = 64 / sizeof(T);  // one prefetch per cache line
+  // Integer arithmetic: the address may lie past w's end, where a prefetch is a no-op.
+  const uintptr_t ahead_bytes = kPrefetchTiles * kO * a.k * sizeof(T);
   const int64_t vec_k = a.k / kLanes * kLanes;
   const float* x = a.x + m0 * a.padded_k;
   Vec acc[kO][kM] = {};
   for (int64_t i = 0; i < vec_k; i += kLanes) {
-    if (prefetch && i % kLineElements == 0)
-      for (int r = 0; r < kO; ++r) __builtin_prefetch(w_rows[r] + kO * a.k + i, 0, 3);
+    if (i % kLineElements == 0)
+      for (int r = 0; r < kO; ++r)
+        __builtin_prefetch(
+            reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(w_rows[r] + i) + ahead_bytes),
+            0, 3);
     Vec w_vec[kO];
     for (int r = 0; r < kO; ++r) w_vec[r] = LoadVec(w_rows[r] + i);
     for (int m = 0; m < kM; ++m) {
@@ -91,7 +100,7 @@ void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
     const T* w_rows[kO];
     for (int r = 0; r < kO; ++r) w_rows[r] = a.w + std::min<int64_t>(o + r, o_end - 1) * a.k;
     for (int64_t m0 = 0; m0 < a.rows; m0 += kM)
-      Tile<kM, kO>(a, w_rows, o, live, m0, /*prefetch=*/m0 == 0, y);
+      Tile<kM, kO>(a, w_rows, o, live, m0, y);
   }
 }
 
