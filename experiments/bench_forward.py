@@ -1,6 +1,8 @@
 """Speed of one jitted `pcjax.models.forward`: a batched decode step and a one-sequence prefill.
 
-Decode: B sequences of `--context` tokens each compute one token (the LM head for B rows).
+Decode: B sequences of `--context` tokens each compute one token (the LM head for B rows); with
+`--shared_prefix` their first tokens' pages are common to all, as prefix caching serves a shared
+system prompt (`bench_prefix_cache`'s workload).
 Prefill: one sequence computes `--prefill` tokens (the LM head for its last row). The KV cache is
 donated as the engine does. Each timing is interleaved with a "weights read" reference (a jitted
 sum over every param), which is the memory-bound floor of a decode step on this machine at this
@@ -13,6 +15,8 @@ both (norms, RoPE, KV writes, the embedding, XLA's per-op host overhead).
 
     python -m experiments.bench_forward --model=pcjax-small --dtype=float32
     python -m experiments.bench_forward --model=smollm2-135m --attention_impl=cpu --parts
+    python -m experiments.bench_forward --model=smollm2-135m --attention_impl=cpu --parts \
+        --shared_prefix=512
     python -m experiments.bench_forward --xla_options='{"xla_cpu_...": "..."}'
 """
 
@@ -37,6 +41,9 @@ _BATCH = flags.DEFINE_integer("batch", 8, "decode: sequences per step (B)")
 _CONTEXT = flags.DEFINE_integer("context", 600, "decode: kv tokens of each sequence")
 _PREFILL = flags.DEFINE_integer("prefill", 512, "prefill: tokens of the one sequence")
 _PAGE_SIZE = flags.DEFINE_integer("page_size", 16, "tokens per KV page (P)")
+_SHARED = flags.DEFINE_integer(
+    "shared_prefix", 0, "decode: leading kv tokens whose pages all B sequences share (whole pages)"
+)
 _IMPL = flags.DEFINE_string(
     "attention_impl", "reference", "ragged paged attention impl (cpu: cpu_native where it builds)"
 )
@@ -46,11 +53,17 @@ _XLA_OPTIONS = flags.DEFINE_string("xla_options", "", "JSON dict of XLA compiler
 _OUT = flags.DEFINE_string("out", "", "write the results as JSON here")
 
 
-def step_inputs(lengths: list[int], q_lens: list[int], page_size: int, num_pages: int, seed=0):
-    """(tokens, positions, md, logits_indices) for sequences with these kv and query lengths."""
+def step_inputs(
+    lengths: list[int], q_lens: list[int], page_size: int, num_pages: int, shared=0, seed=0
+):
+    """(tokens, positions, md, logits_indices) for sequences with these kv and query lengths,
+    whose page tables begin with the same ``shared`` pages (a prefix-cache hit), the rest their
+    own (random) pages."""
     pages_per_seq = -(-max(lengths) // page_size)
     pages = np.random.default_rng(seed).permutation(np.arange(1, num_pages))
-    table = pages[: len(lengths) * pages_per_seq].reshape(len(lengths), -1).astype(np.int32)
+    own = pages[shared:][: len(lengths) * (pages_per_seq - shared)].reshape(len(lengths), -1)
+    common = np.broadcast_to(pages[:shared], (len(lengths), shared))
+    table = np.concatenate([common, own], axis=1).astype(np.int32)
     positions = np.concatenate([np.arange(n - q, n) for n, q in zip(lengths, q_lens, strict=True)])
     seq = np.repeat(np.arange(len(lengths)), q_lens)
     slots = table[seq, positions // page_size] * page_size + positions % page_size
@@ -67,13 +80,15 @@ def step_inputs(lengths: list[int], q_lens: list[int], page_size: int, num_pages
 
 
 def _step_cache(model, lengths, q_lens):
-    """(kv cache, tokens, positions, md, logits_indices) of one step's sequences."""
+    """(kv cache, tokens, positions, md, logits_indices) of one step's sequences; a decode's
+    sequences share `--shared_prefix` tokens of pages."""
     cfg, page_size = model.config, _PAGE_SIZE.value
-    num_pages = len(lengths) * -(-max(lengths) // page_size) + 1
+    shared = _SHARED.value // page_size if len(lengths) > 1 else 0
+    num_pages = len(lengths) * (-(-max(lengths) // page_size) - shared) + shared + 1
     kv = allocate_kv_cache(
         cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim, model.dtype
     )
-    return kv, *step_inputs(lengths, q_lens, page_size, num_pages)
+    return kv, *step_inputs(lengths, q_lens, page_size, num_pages, shared)
 
 
 def make_step(model, impl, lengths, q_lens, compiler_options):
@@ -213,7 +228,8 @@ def main(argv):
     bandwidth = 2 * _COPY_BYTES / (results["copy_256MiB"]["min_ms"] * 1e-3)
     params_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
     cfg = model.config
-    kv_bytes = (2 * cfg.num_layers * batch * context * cfg.num_kv_heads * cfg.head_dim) * jnp.dtype(
+    kv_tokens = batch * (context - _SHARED.value) + _SHARED.value  # each shared page read once
+    kv_bytes = (2 * cfg.num_layers * kv_tokens * cfg.num_kv_heads * cfg.head_dim) * jnp.dtype(
         model.dtype
     ).itemsize
     floor = 1e3 * params_bytes / bandwidth

@@ -45,10 +45,17 @@ def rope_cos_sin(
     inv_freq: np.ndarray,  # f32[H/2]
     dtype,
 ) -> tuple[jax.Array, jax.Array]:  # f[T, H] each
-    """cos and sin of the angles ``positions * concat(inv_freq, inv_freq)``, cast to `dtype`."""
+    """cos and sin of the angles ``positions * concat(inv_freq, inv_freq)``, cast to `dtype`.
+
+    Computed once per step: the optimization barrier keeps XLA from fusing the cos/sin into each
+    layer's rotations, where they were recomputed per layer and per head (for a 64-token prefill
+    of smollm2-135m: 2.9M cos/sin evaluations instead of 8K).
+    """
     angles = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]  # f32[T, H/2]
     angles = jnp.concatenate([angles, angles], axis=-1)  # f32[T, H]
-    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    return jax.lax.optimization_barrier(
+        (jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype))
+    )
 
 
 def apply_rope(
