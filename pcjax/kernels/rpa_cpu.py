@@ -9,6 +9,9 @@ the small batched dots cost more than the whole read of the pages should (pcjax-
 ~600-token contexts: ~2.5-4 ms per layer for the gather-based decode, ~35-45 ms of a ~80 ms decode
 step). The kernel reads each page once, in place, keeps the softmax online in registers and
 splits the work over (sequence, kv head, query block) items on XLA's intra-op thread pool.
+Decodes whose page tables begin with the same pages (prefix caching's shared system prompt) run
+as a cascade: they attend to the shared pages together in a first pass, then each to its own
+(smollm2-135m, B = 8 over a 512-token shared prefix: 31.8 -> 18.7 ms of attention per step).
 
 Availability: the handler is compiled on first use (`pcjax.kernels.native`); `require()` builds it
 or says why it cannot, and `pcjax.kernels.cpu_native_available()` asks for the whole native path.
