@@ -46,14 +46,20 @@ def test_attention_matches_reference_on_long_ragged_steps(
         dtype=dtype,
         num_tokens=sum(q_lens) + 9,
     )
-    args = dict(sm_scale=head_dim**-0.5, sliding_window=window)
+    _assert_kernel_matches_reference(
+        batch, sum(q_lens), sm_scale=head_dim**-0.5, sliding_window=window
+    )
+
+
+def _assert_kernel_matches_reference(batch, real_tokens: int, **args):
+    """Runs the native kernel on the batch (its K/V written): the real tokens' rows are finite
+    and match the reference, the padding tokens' rows are 0."""
     k_pages, v_pages, want = written_and_reference(batch, **args)
     out = jax.jit(lambda *a: rpa_cpu.ragged_paged_attention_cpu(*a, **args))(
         batch.q, k_pages, v_pages, batch.md
     )
-    real = sum(q_lens)
-    assert np.isfinite(np.asarray(out[:real], np.float32)).all()
-    np.testing.assert_array_equal(np.asarray(out[real:], np.float32), 0)
+    assert np.isfinite(np.asarray(out[:real_tokens], np.float32)).all()
+    np.testing.assert_array_equal(np.asarray(out[real_tokens:], np.float32), 0)
     assert_matches_reference(out, want)
 
 
@@ -111,14 +117,7 @@ def test_decodes_sharing_prefix_pages_match_reference(
         num_tokens=sum(q_lens) + 3,
         shared=shared,
     )
-    args = dict(sm_scale=head_dim**-0.5, soft_cap=soft_cap)
-    k_pages, v_pages, want = written_and_reference(batch, **args)
-    out = jax.jit(lambda *a: rpa_cpu.ragged_paged_attention_cpu(*a, **args))(
-        batch.q, k_pages, v_pages, batch.md
-    )
-    real = sum(q_lens)
-    np.testing.assert_array_equal(np.asarray(out[real:], np.float32), 0)
-    assert_matches_reference(out, want)
+    _assert_kernel_matches_reference(batch, sum(q_lens), sm_scale=head_dim**-0.5, soft_cap=soft_cap)
 
 
 def _one_sequence(page_table, kv_len):

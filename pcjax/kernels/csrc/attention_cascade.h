@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 #include "attention_tiles.h"
@@ -23,12 +22,18 @@ inline int64_t PartialIndex(int64_t base, int64_t kv_head, int64_t row, int64_t 
   return base + ((kv_head * G + row) * chunks + chunk) * (H + 2);
 }
 
+// A decode sequence of a cascade: its shared kv tokens, in chunks of kSharedChunk, and the
+// offset of its partial states.
+struct CascadeMember {
+  int32_t seq, shared, chunks;
+  int64_t base;
+};
+
 // One first-pass item of the cascade: rows of `num_members` decode sequences (kv head kv_head)
 // over kv positions [begin, end) of the pages they share.
 struct SharedItem {
-  const int32_t* pages;    // the shared page ids (any member's page table row)
-  const int32_t* members;  // the sequences, num_members of them
-  const int64_t* bases;    // each member's offset in the partial-state buffer
+  const int32_t* pages;          // the shared page ids (any member's page table row)
+  const CascadeMember* members;  // num_members of them
   int32_t num_members, kv_head, begin, end, chunk, chunks;
 };
 
@@ -73,7 +78,7 @@ void AttendShared(const Shape& sh, const Options& opt, const Operands<T>& x, con
       const int64_t row = vec * kLanes + r;
       scratch.pos[vec][r] = -1;  // an unused lane sees nothing
       if (row >= rows) continue;
-      const int64_t b = w.members[row / G], head = w.kv_head * G + row % G;
+      const int64_t b = w.members[row / G].seq, head = w.kv_head * G + row % G;
       const T* q_row = x.q + (x.cu_q_lens[b] * sh.num_heads + head) * H;
       for (int64_t h = 0; h < H; ++h) q_t[vec * H + h][r] = ToFloat(q_row[h]) * opt.sm_scale;
       scratch.pos[vec][r] = x.kv_lens[b] - 1;
@@ -95,7 +100,7 @@ void AttendShared(const Shape& sh, const Options& opt, const Operands<T>& x, con
   }
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t vec = row / kLanes, r = row % kLanes;
-    float* p = partials + PartialIndex(w.bases[row / G], w.kv_head, row % G, w.chunk, G,
+    float* p = partials + PartialIndex(w.members[row / G].base, w.kv_head, row % G, w.chunk, G,
                                        w.chunks, H);
     p[0] = scratch.m[vec][r];
     p[1] = scratch.l[vec][r];
@@ -105,15 +110,9 @@ void AttendShared(const Shape& sh, const Options& opt, const Operands<T>& x, con
 
 // The cascade's plan: which decode sequences attend to which shared pages together.
 struct Cascade {
-  struct Member {
-    int32_t shared, chunks;  // shared kv tokens, in chunks of kSharedChunk
-    int64_t base;            // offset of its partial states
-  };
-  std::vector<Member> members;
-  std::unordered_map<int32_t, size_t> member_of;  // sequence -> index in members
-  std::vector<int32_t> seqs;                      // members' sequences, group by group
-  std::vector<int64_t> bases;                     // their partial-state offsets, in that order
-  std::vector<SharedItem> items;                  // the first pass (points into seqs and bases)
+  std::vector<CascadeMember> members;  // group by group
+  std::vector<int64_t> member_of;      // per sequence: its index in members, or -1
+  std::vector<SharedItem> items;       // the first pass (points into members)
   int64_t partial_floats = 0;
 };
 
@@ -125,6 +124,7 @@ struct Cascade {
 template <typename T>
 Cascade PlanCascade(const Shape& sh, const Options& opt, const Operands<T>& x) {
   Cascade plan;
+  plan.member_of.assign(sh.num_seqs, -1);
   const int64_t G = sh.group(), K = sh.num_kv_heads, H = sh.head_dim, P = sh.page_size;
   if (opt.sliding_window > 0 || G > kFewRows || (H != 64 && H != 128)) return plan;
   auto row = [&](int32_t b) { return x.page_table + b * sh.pages_per_seq; };
@@ -154,16 +154,14 @@ Cascade PlanCascade(const Shape& sh, const Options& opt, const Operands<T>& x) {
     }
     if (j - i >= 2) groups.push_back({i, j, shared});
   }
-  // Members and their partial-state offsets; then the first-pass items, which point into seqs
-  // and bases (complete by then): per group, kv head, block of members and chunk.
+  // Members and their partial-state offsets; then the first-pass items, which point into members
+  // (complete by then): per group, kv head, block of members and chunk.
   for (const Group& g : groups) {
     const int32_t tokens = static_cast<int32_t>(g.shared_pages * P);
     const int32_t chunks = static_cast<int32_t>((tokens + kSharedChunk - 1) / kSharedChunk);
     for (size_t k = g.begin; k < g.end; ++k) {
-      plan.member_of[decodes[k]] = plan.members.size();
-      plan.members.push_back({tokens, chunks, plan.partial_floats});
-      plan.seqs.push_back(decodes[k]);
-      plan.bases.push_back(plan.partial_floats);
+      plan.member_of[decodes[k]] = static_cast<int64_t>(plan.members.size());
+      plan.members.push_back({decodes[k], tokens, chunks, plan.partial_floats});
       plan.partial_floats += K * G * chunks * (H + 2);
     }
   }
@@ -173,12 +171,11 @@ Cascade PlanCascade(const Shape& sh, const Options& opt, const Operands<T>& x) {
     const int64_t count = static_cast<int64_t>(g.end - g.begin);
     const int64_t blocks = (count + most_members - 1) / most_members;
     const int64_t per_block = (count + blocks - 1) / blocks;
-    const Cascade::Member& m = plan.members[offset];
+    const CascadeMember& m = plan.members[offset];
     for (int32_t kh = 0; kh < K; ++kh)
       for (int64_t first = 0; first < count; first += per_block)
         for (int32_t c = 0; c < m.chunks; ++c)
-          plan.items.push_back({row(decodes[g.begin]), plan.seqs.data() + offset + first,
-                                plan.bases.data() + offset + first,
+          plan.items.push_back({row(decodes[g.begin]), plan.members.data() + offset + first,
                                 static_cast<int32_t>(std::min(per_block, count - first)), kh,
                                 static_cast<int32_t>(c * kSharedChunk),
                                 static_cast<int32_t>(std::min<int64_t>(

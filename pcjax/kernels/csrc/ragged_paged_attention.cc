@@ -37,8 +37,6 @@
 #include <cstring>
 #include <memory>
 #include <string>
-#include <unordered_map>
-#include <utility>
 #include <vector>
 
 #include "attention_cascade.h"
@@ -292,9 +290,8 @@ ffi::Error Run(ffi::ThreadPool& pool, const Shape& sh, const Options& opt,
   if (items.empty()) return ffi::Error::Success();
   const Cascade cascade = PlanCascade(sh, opt, x);
   for (WorkItem& item : items) {
-    const auto found = cascade.member_of.find(item.seq);
-    if (found == cascade.member_of.end()) continue;
-    const Cascade::Member& member = cascade.members[found->second];
+    if (cascade.member_of[item.seq] < 0) continue;
+    const CascadeMember& member = cascade.members[cascade.member_of[item.seq]];
     item.shared = member.shared, item.chunks = member.chunks, item.partials = member.base;
   }
   // Longest kv ranges first, so the last items to finish are short ones.
