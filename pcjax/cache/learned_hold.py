@@ -46,8 +46,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from pcjax.cache import hold_knapsack
+from pcjax.cache.ghost import prefix_page_ids, share_point
 from pcjax.cache.policies import EvictionPolicy
-from pcjax.cache.policies_extra import prefix_page_ids, share_point
 
 if TYPE_CHECKING:
     from pcjax.cache.base import Node

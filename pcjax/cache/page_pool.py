@@ -12,12 +12,14 @@ IN_USE      a running request                           `allocate` (FREE)
 CACHED      the radix tree (a cached prefix)            `mark_cached` (IN_USE)
 ==========  ==========================================  ====================================
 
-The state of every page lives in one numpy array, so `check_integrity` can compare it against the
-free list and the counters. This module is host-only: plain Python and numpy, no jax.
+The state of every page lives in one byte array, seen from numpy as ``state`` (a view, no copy), so
+`check_integrity` can compare it against the free list and the counters, while the per-page moves
+of the hot path stay plain Python indexing. Host-only: plain Python and numpy, no jax.
 """
 
 import enum
 from collections.abc import Iterable
+from typing import NoReturn
 
 import numpy as np
 
@@ -56,8 +58,9 @@ class PagePool:
         if not isinstance(num_pages, int) or num_pages < 2:
             raise ValueError(f"num_pages must be an int >= 2 (page 0 is null), got {num_pages!r}")
         self.num_pages = num_pages
-        self.state = np.full(num_pages, PageState.FREE, dtype=np.int8)  # i8[NP]
-        self.state[0] = PageState.NULL
+        self._states = bytearray(num_pages)  # PageState per page; FREE == 0
+        self._states[0] = PageState.NULL
+        self.state = np.frombuffer(self._states, dtype=np.int8)  # i8[NP], a view of _states
         # A stack: allocate pops from the end, so a fresh pool hands out 1, 2, 3, ...
         self._free = list(range(num_pages - 1, 0, -1))
         self._num_cached = 0
@@ -97,7 +100,9 @@ class PagePool:
         pages = self._free[-n:]
         del self._free[-n:]
         pages.reverse()
-        self.state[pages] = PageState.IN_USE
+        states = self._states
+        for page in pages:
+            states[page] = PageState.IN_USE
         return pages
 
     def free(self, pages: Iterable[int]) -> None:
@@ -132,20 +137,25 @@ class PagePool:
             changes state).
         """
         pages = pages.tolist() if isinstance(pages, np.ndarray) else list(pages)
-        if not pages:
-            return pages
-        if len(set(pages)) != len(pages):
-            raise ValueError(f"cannot {verb} pages listed twice: {sorted(pages)}")
-        if min(pages) < 1 or max(pages) >= self.num_pages:
-            raise ValueError(f"cannot {verb} pages outside 1..{self.num_pages - 1}: {pages}")
-        index = np.array(pages, dtype=np.intp)
-        states = self.state[index]
-        if (states != old).any():
-            bad = {p: PageState(s).name for p, s in zip(pages, states.tolist(), strict=True)}
-            bad = {p: name for p, name in bad.items() if name != old.name}
-            raise ValueError(f"cannot {verb} pages that are not {old.name}: {bad}")
-        self.state[index] = new
+        states, n = self._states, self.num_pages
+        for i, page in enumerate(pages):
+            if 0 < page < n and states[page] == old:
+                states[page] = new
+                continue
+            for done in pages[:i]:  # roll back: no page changes state on error
+                states[done] = old
+            self._refuse(pages, i, old, verb)
         return pages
+
+    def _refuse(self, pages: list[int], i: int, old: PageState, verb: str) -> NoReturn:
+        """Raises the ValueError for ``pages[i]``, the first page `_move` could not move."""
+        page = pages[i]
+        if page in pages[:i]:
+            raise ValueError(f"cannot {verb} pages listed twice: {sorted(pages)}")
+        if not 0 < page < self.num_pages:
+            raise ValueError(f"cannot {verb} pages outside 1..{self.num_pages - 1}: {pages}")
+        state = PageState(self._states[page]).name
+        raise ValueError(f"cannot {verb} pages that are not {old.name}: {{{page}: {state!r}}}")
 
     def check_integrity(self) -> None:
         """Raises AssertionError unless the free list, the counters and the state array agree."""

@@ -30,9 +30,9 @@ pushed after it, so the contract holds: every key is computed at a hook and stor
 Host-only: plain Python, no jax.
 """
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from pcjax.cache.ghost import Ghost, prefix_page_ids, share_point
 from pcjax.cache.policies import EvictionPolicy
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class S3FIFOPolicy(EvictionPolicy):
     def __init__(self, small_share: float = 0.1):
         self.window = _Window(small_share, grow_when_over=True, allow_negative=True)
         self.pages = [0, 0]  # cached pages per queue
-        self.ghost = _Ghost()
+        self.ghost = Ghost()
 
     def key(self, node: "Node") -> int:
         return node.policy_data[1]
@@ -139,56 +139,6 @@ class S3FIFOPolicy(EvictionPolicy):
         self.ghost.evicted(ids[len(ids) - num_pages :], remember=queue == SMALL)
         del ids[len(ids) - num_pages :]
         self.window.steer(self.pages, SMALL, num_pages, clock)
-
-
-class _Ghost:
-    """Recently evicted pages, by prefix hash, FIFO-bounded by ``scale`` times the most pages
-    ever cached."""
-
-    def __init__(self, scale: float = 1.0):
-        self._ids: OrderedDict[int, None] = OrderedDict()
-        self._cached = 0
-        self._size = 1
-        self._scale = scale
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def cached(self, ids: list[int]) -> bool:
-        """The pages ``ids`` of a new leaf were cached; whether its first page was a ghost."""
-        returned = ids[0] in self._ids
-        for page_id in ids:
-            self._ids.pop(page_id, None)
-        self._cached += len(ids)
-        self._size = max(self._size, self._cached)
-        return returned
-
-    def evicted(self, ids: list[int], *, remember: bool = True) -> None:
-        self._cached -= len(ids)
-        if remember:
-            for page_id in ids:
-                self._ids[page_id] = None
-            while len(self._ids) > self._size * self._scale:
-                self._ids.popitem(last=False)
-
-
-def share_point(page_id: int) -> float:
-    """A page's fixed point in [0, 1): a policy that keeps a share ``s`` of some leaves keeps
-    those whose first page falls below ``s``, the same ones every time."""
-    return (page_id % 65521) / 65521
-
-
-def prefix_page_ids(node: "Node") -> list[int]:
-    """A hash of every page's whole prefix, chained from the parent's last page (the parent's
-    ``policy_data[2]`` holds its own)."""
-    parent = node.parent.policy_data if node.parent is not None else None
-    h = parent[2][-1] if parent else 0
-    P = len(node.key) // node.num_pages
-    ids = []
-    for i in range(0, len(node.key), P):
-        h = hash((h, node.key[i : i + P]))
-        ids.append(h)
-    return ids
 
 
 class GDSFPolicy(EvictionPolicy):
@@ -307,12 +257,12 @@ class DeadlinePolicy(EvictionPolicy):
         self.lag_ema = lag_ema
         self.lag = 0.0  # clock ticks between a victim's deadline and its eviction
         self.frontier = float("-inf")  # the largest victim deadline so far
-        self.ghost = _Ghost(ghost_scale)
+        self.ghost = Ghost(ghost_scale)
         self.miss_target = miss_target
         self.keep_step = keep_step
         self.min_keep = min_keep
         self.keep = 1.0  # share of fresh leaves kept live; the others go first
-        self.kept_ghost = _Ghost()  # pages of kept fresh leaves evicted before any proof
+        self.kept_ghost = Ghost()  # pages of kept fresh leaves evicted before any proof
 
     def key(self, node: "Node") -> tuple[int, float]:
         return node.policy_data[0]
