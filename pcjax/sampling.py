@@ -184,8 +184,24 @@ def sample(logits: jax.Array, batch: SamplingBatch, num_logprobs: int = 0) -> Sa
     )
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` as i32 (the first maximum; a NaN counts as the maximum, the
+    first one wins), computed as a max and then a min over the indices that reach it.
+
+    XLA:CPU lowers argmax to a variadic (value, index) reduce that it does not vectorize: for the
+    greedy tokens of a decode step (8 rows of smollm2's 49,152 logits) 1.78 ms against 0.21 ms
+    for these two plain reductions.
+
+    Example: ``first_argmax(jnp.array([[1., 3., 3.], [nan, 0., nan]]))`` -> ``[1, 0]``.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    reached = (x == top) | jnp.isnan(x)
+    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(reached, index, x.shape[-1]), axis=-1)
+
+
 def _choose(logits: jax.Array, batch: SamplingBatch) -> jax.Array:
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy = first_argmax(logits)
 
     def sampled(_):
         scaled = logits / jnp.maximum(batch.temperature, 1e-6)[:, None]
@@ -194,7 +210,7 @@ def _choose(logits: jax.Array, batch: SamplingBatch) -> jax.Array:
             needs_filter, _filter_top_k_top_p, lambda x, *_: x, scaled, batch.top_k, batch.top_p
         )
         noise = jax.vmap(_gumbel, in_axes=(0, 0, None))(batch.seeds, batch.steps, logits.shape[-1])
-        return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+        return first_argmax(scaled + noise)
 
     all_greedy = jnp.all(batch.temperature == 0)
     chosen = jax.lax.cond(all_greedy, lambda _: greedy, sampled, None)
