@@ -42,7 +42,8 @@ tier, a host-only node has no page ids; a hit on it is recorded when its pages c
 """
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from pcjax.cache import hold_knapsack
@@ -57,8 +58,16 @@ NUM_BINS = 30 * BINS_PER_OCTAVE  # return ages up to 2**30 ticks
 BIN_EDGES = [2 ** ((i + 1) / BINS_PER_OCTAVE) for i in range(NUM_BINS)]  # upper edge of bin i
 
 
-def _bin(age: int) -> int:
+def _bin_of(age: int) -> int:
     return min(NUM_BINS - 1, int(BINS_PER_OCTAVE * math.log2(max(age, 1))))
+
+
+_SMALL_AGE_BINS = [_bin_of(age) for age in range(1 << 16)]  # the common ages, looked up
+
+
+def _bin(age: int) -> int:
+    """The bin of a return age (in clock ticks)."""
+    return _SMALL_AGE_BINS[age] if 0 <= age < 65536 else _bin_of(age)
 
 
 class _ClassStats:
@@ -113,25 +122,27 @@ class LearnedHoldPolicy(EvictionPolicy):
 
     def _use(self, page_ids: list[int], clock: int) -> int:
         """Records a use of each page; returns the class of the first page's new interval."""
-        history, cap = self.history, self.max_uses
-        first_uses = 1
+        history, cap, stats = self.history, self.max_uses, self.stats
+        uses = 1
         for page in reversed(page_ids):  # the first page last: the last one trimming would drop
             entry = history.get(page)
             if entry is None:
-                entry = history[page] = [clock, 0]
+                history[page] = [clock, 1]
+                uses = 1
             else:
-                stats, age = self.stats[min(entry[1], cap)], clock - entry[0]
-                stats.returns[_bin(age)] += 1
-                stats.return_ages[_bin(age)] += age
+                age = clock - entry[0]
+                closed = stats[entry[1] if entry[1] < cap else cap]
+                b = _bin(age)
+                closed.returns[b] += 1
+                closed.return_ages[b] += age
                 history.move_to_end(page)
-            entry[0] = clock
-            entry[1] += 1
-            first_uses = entry[1]
-            self.stats[min(first_uses, cap)].opened += 1
-        limit = self.history_scale * self.most_cached
-        while len(history) > limit:
-            history.popitem(last=False)
-        return min(first_uses, cap)
+                entry[0] = clock
+                uses = entry[1] = entry[1] + 1
+            stats[uses if uses < cap else cap].opened += 1
+        excess = len(history) - math.floor(self.history_scale * self.most_cached)
+        if excess > 0:  # the oldest pages beyond the bound, in a loop that stays in C
+            deque(map(history.popitem, repeat(False, excess)), maxlen=0)
+        return uses if uses < cap else cap
 
     def _key(self, data: list, clock: int) -> tuple[int, float]:
         _, superseded, page_ids, cls, _ = data
