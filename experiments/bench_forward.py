@@ -17,7 +17,7 @@ both (norms, RoPE, KV writes, the embedding, XLA's per-op host overhead).
     python -m experiments.bench_forward --model=smollm2-135m --attention_impl=cpu --parts
     python -m experiments.bench_forward --model=smollm2-135m --attention_impl=cpu --parts \
         --shared_prefix=512
-    python -m experiments.bench_forward --xla_options='{"xla_cpu_...": "..."}'
+    python -m experiments.bench_forward --xla_options='{"xla_cpu_...": "..."}'  # '{}': none
 """
 
 import functools
@@ -32,7 +32,7 @@ from flax import nnx
 
 from pcjax import kernels, models
 from pcjax.cache.kv_pages import allocate_kv_cache
-from pcjax.kernels import AttentionMetadata
+from pcjax.kernels import AttentionMetadata, xla_cpu
 from pcjax.models.transformer import projection_dot
 
 _MODEL = flags.DEFINE_string("model", "pcjax-small", "preset name or HF checkpoint directory")
@@ -49,7 +49,9 @@ _IMPL = flags.DEFINE_string(
 )
 _PARTS = flags.DEFINE_bool("parts", False, "also time the projections and the attention alone")
 _ROUNDS = flags.DEFINE_integer("rounds", 20, "timed rounds (each runs every variant once)")
-_XLA_OPTIONS = flags.DEFINE_string("xla_options", "", "JSON dict of XLA compiler options")
+_XLA_OPTIONS = flags.DEFINE_string(
+    "xla_options", "", "JSON dict of XLA compiler options (default: the engine's; '{}': none)"
+)
 _OUT = flags.DEFINE_string("out", "", "write the results as JSON here")
 
 
@@ -200,7 +202,7 @@ def interleaved(fns: dict, rounds: int) -> dict:
 
 def main(argv):
     del argv
-    options = json.loads(_XLA_OPTIONS.value) if _XLA_OPTIONS.value else None
+    options = json.loads(_XLA_OPTIONS.value) if _XLA_OPTIONS.value else xla_cpu.compiler_options()
     model = models.load(_MODEL.value, _DTYPE.value)
     impl = kernels.resolve_attention_impl(_IMPL.value, jax.default_backend())
     batch, context, prefill = _BATCH.value, _CONTEXT.value, _PREFILL.value

@@ -8,7 +8,7 @@ from pcjax import models
 from pcjax.cache import kv_pages
 from pcjax.cache.kv_pages import KVCache
 from pcjax.engine.batch import StepArrays
-from pcjax.kernels import AttentionMetadata
+from pcjax.kernels import AttentionMetadata, xla_cpu
 from pcjax.sampling import SampleResult, SamplingBatch, sample
 
 
@@ -41,13 +41,13 @@ def _static(value) -> _Static:
     return _interned.setdefault(key, key)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
 def _forward(model, attention_impl, param_leaves, kv_cache, tokens, positions, md, logits_indices):
     """Forward over the paged cache; returns ``(kv_cache, logits f32[B, V])``.
 
-    Module-level, so engines of the same model share compiled programs (`model`, a `_Static` of
-    ``(graphdef, params treedef)``, and attention_impl are static and compare by structure). The
-    params come as their flat leaves: flattening an nnx.State on every call costs milliseconds.
+    Jitted once per process (`_jitted_forward`), so engines of the same model share compiled
+    programs (`model`, a `_Static` of ``(graphdef, params treedef)``, and attention_impl are static
+    and compare by structure). The params come as their flat leaves: flattening an nnx.State on
+    every call costs milliseconds.
     """
     graphdef, treedef = model.value
     logits, kv_cache = models.forward(
@@ -61,6 +61,14 @@ def _forward(model, attention_impl, param_leaves, kv_cache, tokens, positions, m
         attention_impl=attention_impl,
     )
     return kv_cache, logits
+
+
+@functools.cache
+def _jitted_forward():
+    """`_forward` jitted with the XLA options for this backend (`pcjax.kernels.xla_cpu`), made at
+    the first step: the options depend on the backend, which must not start at import."""
+    options = xla_cpu.compiler_options()
+    return jax.jit(_forward, static_argnums=(0, 1), donate_argnums=(3,), compiler_options=options)
 
 
 # A jit of its own: it compiles once per (B, NB, NL), not once per (T, B, M, Q) shape.
@@ -96,7 +104,7 @@ class ModelRunner:
             cu_q_lens=arrays.cu_q_lens,
             max_q_len=arrays.max_q_len,
         )
-        self.kv_cache, logits = _forward(
+        self.kv_cache, logits = _jitted_forward()(
             self._model,
             self.attention_impl,
             self._param_leaves,

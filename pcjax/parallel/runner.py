@@ -30,7 +30,7 @@ from pcjax import models
 from pcjax.cache import kv_pages
 from pcjax.engine.batch import StepArrays
 from pcjax.engine.runner import merge_tokens
-from pcjax.kernels import AttentionMetadata
+from pcjax.kernels import AttentionMetadata, xla_cpu
 from pcjax.parallel import layout as layout_lib
 from pcjax.parallel import multihost, transfers
 from pcjax.parallel.mesh import DATA_AXIS
@@ -319,7 +319,8 @@ def _make_forward(mesh, graphdef, treedef, param_specs, attention_impl, vocab_si
             logits_indices,
         )
 
-    return jax.jit(forward, static_argnames="max_q_len", donate_argnums=1)
+    options = xla_cpu.compiler_options()
+    return jax.jit(forward, static_argnames="max_q_len", donate_argnums=1, compiler_options=options)
 
 
 def _sample_entries(mesh, logits, batch: SamplingBatch, entry_rows, num_logprobs: int):
