@@ -116,6 +116,9 @@ def test_trunk_is_the_shared_prompt_plus_one_page():
     assert trunk_pages(tree, tuple("sxyz"), 99) == 2
     assert trunk_pages(tree, tuple("sabzz"), 1) == 1
     assert trunk_pages(tree, tuple("q"), 99) == 1
+    alone = RadixTree(PagePool(20), 1, "lru")
+    alone.insert(tuple("abc"), alone.pool.allocate(3))
+    assert trunk_pages(alone, tuple("abcde"), 99) == 1  # nothing branches: the first page
 
 
 def test_paired_evidence():
