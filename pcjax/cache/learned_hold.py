@@ -120,15 +120,20 @@ class LearnedHoldPolicy(EvictionPolicy):
     def key(self, node: "Node") -> tuple[int, float]:
         return node.policy_data[0]
 
-    def _use(self, page_ids: list[int], clock: int) -> int:
-        """Records a use of each page; returns the class of the first page's new interval."""
+    def _use(self, page_ids: list[int], clock: int, known_uses: int = 0) -> int:
+        """Records a use of each page; returns the class of the first page's new interval. A
+        page the history lacks starts with ``known_uses`` earlier uses (a node's hits when a
+        tree that ran under another policy is handed over; 0 for a new node)."""
         history, cap, stats = self.history, self.max_uses, self.stats
         uses = 1
         for page in reversed(page_ids):  # the first page last: the last one trimming would drop
             entry = history.get(page)
             if entry is None:
-                history[page] = [clock, 1]
-                uses = 1
+                uses = known_uses + 1
+                history[page] = [clock, uses]
+            elif entry[0] == clock:  # recorded already: an adopted history (`adopt`)
+                uses = entry[1]
+                continue
             else:
                 age = clock - entry[0]
                 closed = stats[entry[1] if entry[1] < cap else cap]
@@ -143,6 +148,25 @@ class LearnedHoldPolicy(EvictionPolicy):
         if excess > 0:  # the oldest pages beyond the bound, in a loop that stays in C
             deque(map(history.popitem, repeat(False, excess)), maxlen=0)
         return uses if uses < cap else cap
+
+    def adopt(self, learned: "LearnedHoldPolicy", scale: float) -> None:
+        """Takes over the history (prefix hashes: the sampled pages keep their use counts), the
+        curves with their counts over ``scale`` (a cache sampled at ``scale`` of the lookups with
+        ``scale`` of the room: on the same clock, its hold times fit this one), the fitted holds
+        and the start clock. A use the live tree's nodes then bring that the history holds at
+        the same clock is not counted twice (`_use`)."""
+        for page, entry in learned.history.items():
+            self.history[page] = list(entry)
+        for cls, stats in learned.stats.items():
+            mine = self.stats[cls]
+            mine.opened = stats.opened / scale
+            mine.returns = [n / scale for n in stats.returns]
+            mine.return_ages = [a / scale for a in stats.return_ages]
+        self.most_cached = max(1, round(learned.most_cached / scale))
+        self.start = learned.start
+        if learned.holds is not None:
+            self.holds = dict(learned.holds)
+            self.next_refit = self.refit_share * self.most_cached
 
     def _key(self, data: list, clock: int) -> tuple[int, float]:
         _, superseded, page_ids, cls, _ = data
@@ -162,7 +186,7 @@ class LearnedHoldPolicy(EvictionPolicy):
         self.most_cached = max(self.most_cached, self.cached)
         back = node.policy_data  # not None: back from the host tier, with its state
         if back is None:
-            data = [None, False, page_ids, self._use(page_ids, clock), node.hits]
+            data = [None, False, page_ids, self._use(page_ids, clock, node.hits), node.hits]
         else:  # a hit while it was host-only is recorded now that its pages are known again
             data = [None, back[1], page_ids, back[3], back[4]]
             if node.hits > back[4]:

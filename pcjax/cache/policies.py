@@ -47,6 +47,12 @@ class EvictionPolicy:
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
         """``num_pages`` tail pages of ``node`` are about to be evicted (all of them: removal)."""
 
+    def adopt(self, learned: "EvictionPolicy", scale: float) -> None:
+        """Takes over what ``learned`` learned: another instance of this policy, run on the same
+        clock over a sample of the lookups, on a cache ``scale`` times this one's size (the
+        selector's shadow, `pcjax.cache.adaptive`). Called on a fresh instance, before the tree's
+        nodes are handed to it by `on_insert`. Default: nothing carries over."""
+
     def on_lookup(self, tree: Any, key: tuple) -> None:
         """``tree.match`` is about to look ``key`` (cut to whole pages) up; the policy selector
         (`pcjax.cache.adaptive`) feeds its shadow caches from here."""

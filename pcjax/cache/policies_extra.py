@@ -278,6 +278,13 @@ class DeadlinePolicy(EvictionPolicy):
         self.keep += self.keep_step * (self.miss_target if caught else self.miss_target - 1)
         self.keep = max(self.min_keep, min(self.keep, 1.0))
 
+    def adopt(self, learned: "DeadlinePolicy", scale: float) -> None:
+        """Takes over the lag and frontier (clock ticks: on the same clock, a cache sampled at
+        ``scale`` of the lookups with ``scale`` of the room evicts as late) and the kept share;
+        the ghosts start empty (they fill within a cache's worth of evictions)."""
+        del scale
+        self.lag, self.frontier, self.keep = learned.lag, learned.frontier, learned.keep
+
     def on_insert(self, node: "Node", clock: int) -> None:
         ids = prefix_page_ids(node)
         if self.kept_ghost.cached(ids):

@@ -3,7 +3,7 @@ LRU on weak evidence, keeps the live tree consistent across switches, and sample
 
 import numpy as np
 
-from pcjax.cache.adaptive import AdaptivePolicy, Evidence, trunk_pages
+from pcjax.cache.adaptive import AdaptivePolicy, Evidence, ShadowCache, trunk_pages
 from pcjax.cache.page_pool import PagePool
 from pcjax.cache.policies import make_policy
 from pcjax.cache.radix_tree import RadixTree
@@ -67,6 +67,36 @@ def test_switching_keeps_the_live_tree_consistent():
     assert policy.switches >= 300
 
 
+def test_a_switch_adopts_what_the_winners_shadow_learned():
+    """At rate 1 the shadows see every lookup; a forced switch hands the live tree to a
+    candidate that starts with its shadow's lag (deadline) or holds and use counts (learned_hold),
+    each page of the live tree counted once."""
+    trace = hot_and_scan_trace(200)
+    policy = AdaptivePolicy(candidates=("deadline", "learned_hold"), shadow_pages=64)
+    cache = SimCache(10, policy)
+    for r in trace.requests:
+        m = cache.lookup(r.block_ids)
+        cache.release(cache.admit(r.block_ids, m, len(r.block_ids) - len(m.pages)))
+    deadline, held = (shadow.tree.policy for shadow in policy.shadows[1:])
+    assert policy.rate == 1 and deadline.lag > 0 and held.holds is not None
+
+    policy._follow("deadline", cache.tree)
+    assert (policy.active.lag, policy.active.keep) == (deadline.lag, deadline.keep)
+    policy._follow("learned_hold", cache.tree)
+    assert policy.active.holds == held.holds and policy.active.start == held.start
+    assert policy.active.history == held.history  # the live pages are the shadow's: no new uses
+    assert policy.active.stats[2].returns == held.stats[2].returns
+    cache.check()
+
+
+def test_a_shadow_runs_on_the_live_clock():
+    shadow = ShadowCache(make_policy("lru"), 1, 8)
+    assert shadow.reference((1, 2), 8, clock=1000) == 0
+    assert shadow.tree.clock >= 1000
+    assert shadow.reference((1, 2, 3), 8, clock=5) == 2  # never moved back
+    assert shadow.tree.root.children[(1,)].last_access > 1000
+
+
 def test_shadows_stay_within_their_bound():
     trace = hot_and_scan_trace(200)
     policy = selector(shadow_pages=4)
@@ -86,6 +116,9 @@ def test_trunk_is_the_shared_prompt_plus_one_page():
     assert trunk_pages(tree, tuple("sxyz"), 99) == 2
     assert trunk_pages(tree, tuple("sabzz"), 1) == 1
     assert trunk_pages(tree, tuple("q"), 99) == 1
+    alone = RadixTree(PagePool(20), 1, "lru")
+    alone.insert(tuple("abc"), alone.pool.allocate(3))
+    assert trunk_pages(alone, tuple("abcde"), 99) == 1  # nothing branches: the first page
 
 
 def test_paired_evidence():

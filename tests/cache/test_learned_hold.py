@@ -59,3 +59,22 @@ def test_keys_give_each_class_its_hold():
     assert a.policy_data[0] == (1, a.last_access + 50.0)
     assert b.policy_data[0] == (0, b.last_access)
     assert eviction_order(tree, "ab") == ["b", "a"]  # "a" is older, but held
+
+
+def test_adopt_takes_the_learned_state_and_scales_the_counts():
+    """A policy that ran on a quarter of the lookups with a quarter of the room: its hold times
+    carry over, its counts are scaled up, and a use the history holds already is not counted
+    again when the live tree's nodes are handed over."""
+    learned = LearnedHoldPolicy()
+    tree = build(learned, "+a ?a ?a +b +c +d", capacity=2)
+    learned.refit(tree.clock)
+    policy = LearnedHoldPolicy()
+    policy.adopt(learned, 0.25)
+    assert policy.holds == learned.holds and policy.start == learned.start
+    assert policy.stats[1].opened == 4 * learned.stats[1].opened
+    assert policy.most_cached == 4 * learned.most_cached
+    node = tree.root.children[("d",)]
+    node.policy_data = None
+    policy.on_insert(node, node.last_access)  # the handover: "d"'s insert is in the history
+    assert policy.history == learned.history
+    assert policy.stats[1].opened == 4 * learned.stats[1].opened
