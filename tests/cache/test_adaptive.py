@@ -2,8 +2,9 @@
 LRU on weak evidence, keeps the live tree consistent across switches, and samples by trunk."""
 
 import numpy as np
+import pytest
 
-from pcjax.cache.adaptive import AdaptivePolicy, Evidence, ShadowCache, trunk_pages
+from pcjax.cache.adaptive import AdaptivePolicy, Evidence, ShadowCache, sample_point, trunk_pages
 from pcjax.cache.page_pool import PagePool
 from pcjax.cache.policies import make_policy
 from pcjax.cache.radix_tree import RadixTree
@@ -133,3 +134,24 @@ def test_paired_evidence():
 def test_it_is_registered_with_the_block_size():
     policy = make_policy("adaptive", tokens_per_unit=512)
     assert isinstance(policy, AdaptivePolicy) and policy.tokens_per_unit == 512
+
+
+def test_deadline_starts_and_gives_way_to_lru_without_evidence():
+    """Lookups that never hash into the sample (one shared trunk, outside the rate): after
+    ``patience`` times the lookups in which ``min_lookups`` samples were expected, LRU."""
+    policy = AdaptivePolicy(min_lookups=10, patience=2.0, shadow_pages=4)
+    assert policy.active_name == "deadline"
+    chainer = BlockChainer()
+    base = next(  # a first block whose sample point lies above any rate used here
+        b for b in range(1000) if sample_point(tuple(chainer.chain([b])[:1])) > 0.9
+    )
+    cache = SimCache(40, policy)
+    ids = chainer.chain([base, 7])
+    for i in range(200):  # the same prompt again and again: its trunk is its first block
+        m = cache.lookup(ids)
+        cache.release(cache.admit(ids, m, len(ids) - len(m.pages)))
+        if policy.lookups * policy.rate < 2.0 * 10:
+            assert policy.active_name == "deadline", i
+    assert policy.sampled == 0 and policy.active_name == "lru" and policy.switches == 1
+    with pytest.raises(ValueError, match="not among the candidates"):
+        AdaptivePolicy(candidates=("lru",), start="deadline")
