@@ -45,14 +45,14 @@ lets the real cache follow the one that did best recently.
   re-pushed with the new keys, once per switch.
 
 Evidence (token hit rate, robustness sweep of ``configs/eviction.py``: 2 Mooncake traces and 7
-generators x 0.5M-10M tokens, 36 cells; ``experiments/compare_eviction.py``): at worst 0.00
-points below LRU and 1.55 below the best of its candidates (synthetic 3M; also 1.49 at
-synthetic 10M, where the shadows see about 200 lookups; every other cell within 0.35 of it),
-47.9% of Belady on conversation 3M. Without adoption, with the high-water-mark capacity and the
-cached-path trunk: 0.15 below LRU, 6 cells more than 0.5 below the best candidate (system
-prompts 1M: 1.95; few-shot 0.5M: 1.32), 47.7% of Belady. The cached-path trunk (where nothing
-branched) grew turn by turn, so each turn was sampled anew: on synthetic at 3M, LRU over the
-sampled requests (as a shadow) hit 0.09 against 0.32 live, 0.29 with the first-page trunk.
+generators x 0.5M-10M tokens, 36 cells; ``experiments/compare_eviction.py``): at worst 0.02
+points below LRU and 0.34 below the best of its candidates (synthetic 1M), 48.2% of Belady on
+conversation 3M. Starting with LRU instead: 1.55 and 1.49 below the best candidate on synthetic
+3M and 10M, where the shadows see about 200 lookups and cannot tell. Without adoption, with the
+high-water-mark capacity and the cached-path trunk: 6 cells more than 0.5 below the best
+candidate (system prompts 1M: 1.95). The cached-path trunk (where nothing branched) grew turn by
+turn, so each turn was sampled anew: on synthetic at 3M, LRU over the sampled requests (as a
+shadow) hit 0.09 against 0.32 live, 0.29 with the first-page trunk.
 
 The tree calls `on_lookup` from `RadixTree.match` with the key it looks up; that is the only
 extra hook. Host-only: plain Python, no jax.
