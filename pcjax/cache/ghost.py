@@ -15,8 +15,8 @@ Example::
 Host-only: plain Python, no jax.
 """
 
+import math
 from collections import OrderedDict, deque
-from collections.abc import Iterator
 from itertools import repeat
 from typing import TYPE_CHECKING
 
@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     from pcjax.cache.base import Node
 
 
-def _run(calls: Iterator) -> None:
-    """Runs a lazy ``map`` of calls to the end, dropping the results (the loop stays in C: the
-    ghost's per-page updates are the hot path of the policies that keep one)."""
-    deque(calls, maxlen=0)
+def trim_oldest(entries: OrderedDict, limit: float) -> None:
+    """Drops the oldest entries of ``entries`` until at most ``limit`` remain, in a loop that
+    stays in C (the bounded histories of the policies that remember evicted pages)."""
+    excess = len(entries) - math.floor(limit)
+    if excess > 0:
+        deque(map(entries.popitem, repeat(False, excess)), maxlen=0)
 
 
 class Ghost:
@@ -54,7 +56,8 @@ class Ghost:
         """The pages ``ids`` of a new leaf were cached (they stop being ghosts); returns whether
         its first page was a ghost."""
         returned = ids[0] in self._ids
-        _run(map(self._ids.pop, ids, repeat(None)))
+        for page_id in ids:
+            self._ids.pop(page_id, None)
         self._cached += len(ids)
         self._size = max(self._size, self._cached)
         return returned
@@ -65,9 +68,7 @@ class Ghost:
         self._cached -= len(ids)
         if remember:
             self._ids.update(dict.fromkeys(ids))
-            excess = len(self._ids) - int(self._size * self._scale)
-            if excess > 0:
-                _run(map(self._ids.popitem, repeat(False, excess)))
+            trim_oldest(self._ids, self._size * self._scale)
 
 
 def share_point(page_id: int) -> float:
@@ -81,14 +82,9 @@ def prefix_page_ids(node: "Node") -> list[int]:
     ``policy_data[2]`` holds its own)."""
     parent = node.parent.policy_data if node.parent is not None else None
     h = parent[2][-1] if parent else 0
-    key, ids = node.key, []
-    P = len(key) // node.num_pages
-    if P == 1:  # block-level replay: one key unit per page
-        for unit in key:
-            h = hash((h, (unit,)))
-            ids.append(h)
-        return ids
-    for i in range(0, len(key), P):
-        h = hash((h, key[i : i + P]))
+    P = len(node.key) // node.num_pages
+    ids = []
+    for i in range(0, len(node.key), P):
+        h = hash((h, node.key[i : i + P]))
         ids.append(h)
     return ids

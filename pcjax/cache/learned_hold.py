@@ -42,12 +42,11 @@ tier, a host-only node has no page ids; a hit on it is recorded when its pages c
 """
 
 import math
-from collections import OrderedDict, deque
-from itertools import repeat
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from pcjax.cache import hold_knapsack
-from pcjax.cache.ghost import prefix_page_ids, share_point
+from pcjax.cache.ghost import prefix_page_ids, share_point, trim_oldest
 from pcjax.cache.policies import EvictionPolicy
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ _SMALL_AGE_BINS = [_bin_of(age) for age in range(1 << 16)]  # the common ages, l
 
 def _bin(age: int) -> int:
     """The bin of a return age (in clock ticks)."""
-    return _SMALL_AGE_BINS[age] if 0 <= age < 65536 else _bin_of(age)
+    return _SMALL_AGE_BINS[age] if 0 <= age < len(_SMALL_AGE_BINS) else _bin_of(age)
 
 
 class _ClassStats:
@@ -144,9 +143,7 @@ class LearnedHoldPolicy(EvictionPolicy):
                 entry[0] = clock
                 uses = entry[1] = entry[1] + 1
             stats[uses if uses < cap else cap].opened += 1
-        excess = len(history) - math.floor(self.history_scale * self.most_cached)
-        if excess > 0:  # the oldest pages beyond the bound, in a loop that stays in C
-            deque(map(history.popitem, repeat(False, excess)), maxlen=0)
+        trim_oldest(history, self.history_scale * self.most_cached)
         return uses if uses < cap else cap
 
     def adopt(self, learned: "LearnedHoldPolicy", scale: float) -> None:
