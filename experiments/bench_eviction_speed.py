@@ -16,12 +16,11 @@ under 15 s for Belady on a 2-core machine; the selector (``adaptive``) at most 2
 
 import json
 import os
-import time
 
 from absl import app, flags
 
+from experiments.replay_timing import timed_replays
 from pcjax.cache.policies import all_policies
-from pcjax.sim.replay import replay
 from pcjax.sim.sources import open_trace
 
 _TRACE = flags.DEFINE_string("trace", "conversation", "Trace file or bundled trace name.")
@@ -32,20 +31,6 @@ _CAPACITY = flags.DEFINE_integer("capacity_tokens", 3_000_000, "Device cache siz
 _POLICIES = flags.DEFINE_list("policies", None, "Policies (default: all, belady, oracle_lru).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed replays per policy; the best is reported.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_eviction_speed", "Where results go.")
-
-
-def timed_replays(trace, blocks: int, policies: list[str], repeats: int) -> dict[str, dict]:
-    """``repeats`` rounds, each replaying every policy once in turn: per policy its wall times,
-    CPU times and token hit rate."""
-    runs = {p: {"wall_s": [], "cpu_s": [], "token_hit_rate": None} for p in policies}
-    for _ in range(repeats):
-        for policy in policies:
-            cpu = time.process_time()
-            result = replay(trace, blocks, policy)
-            runs[policy]["cpu_s"].append(time.process_time() - cpu)
-            runs[policy]["wall_s"].append(result.runtime_s)
-            runs[policy]["token_hit_rate"] = result.token_hit_rate
-    return runs
 
 
 def main(argv):

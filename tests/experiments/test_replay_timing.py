@@ -1,4 +1,4 @@
-from experiments.bench_eviction_speed import timed_replays
+from experiments.replay_timing import timed_replays
 from pcjax.sim.generators import generate
 from pcjax.sim.replay import replay
 
