@@ -192,9 +192,9 @@ class DeadlinePolicy(EvictionPolicy):
     ``clock - deadline`` over the victims). In lags the bonus scales with the cache size and the
     arrival rate by itself, so its one constant (one lifetime) carries across traces and
     capacities without retuning. A proof need not be a hit: as in S3-FIFO, the policy remembers
-    hashes of recently evicted pages (``ghost_scale`` = twice as many as the cache holds), and a
-    new leaf whose first page is among them -- a conversation that came back just too late --
-    starts proven. Next,
+    hashes of recently evicted pages (those evicted within the last ``ghost_scale`` = two times
+    the cache's size), and a new leaf whose first page is among them -- a conversation that came
+    back just too late -- starts proven. Next,
     the tree sees a request *diverge* from a cached leaf (a match ending inside it splits it):
     the part left behind, if unproven, goes first -- in the Mooncake traces it is the previous
     turn's partial last block, which the next turn rewrote (1% of those are ever reused).
@@ -222,12 +222,15 @@ class DeadlinePolicy(EvictionPolicy):
     returns) gained nothing.
 
     Evidence (token hit rate, ``experiments/compare_eviction.py``; the notebook plots it), at 1M
-    / 3M / 10M tokens: conversation 0.0876 / 0.1735 / 0.3055 (LRU 0.0543 / 0.1387 / 0.2908;
-    48% of Belady at 3M, 41.7% without thrash control, LRU 38.5%), synthetic 0.1450 / 0.3343 /
-    0.5919 (LRU 0.1451 / 0.3151 / 0.5770; without thrash control 0.1469 / 0.3232 / 0.5932); on
-    the generators at most 0.1 point below LRU (agent at 500K tokens), up to 4 points above.
-    The doubled ghost matters only with thrash control (it proves more shed leaves that come
-    back; 1x: 0.1653 at 3M on conversation, alone: 0.1483). A lower ``miss_target`` (0.45)
+    / 3M / 10M tokens: conversation 0.0868 / 0.1710 / 0.3047 (LRU 0.0543 / 0.1387 / 0.2908;
+    47.5% of Belady at 3M, LRU 38.5%), synthetic 0.1400 / 0.3322 / 0.5940 (LRU 0.1451 / 0.3151
+    / 0.5770); on the generators at most 0.1 point below LRU (agent at 500K tokens), up to 4
+    points above. The ghost's window (pages evicted since, rather than ghosts left, which cost
+    per-page bookkeeping: 2.4x LRU's replay time, now 1.7x) cost 0.25 points at 3M on
+    conversation (0.1735). With that earlier ghost: 41.7% of Belady without thrash control
+    (synthetic 0.1469 / 0.3232 / 0.5932); the doubled ghost mattered only with thrash control
+    (it proves more shed leaves that come back; 1x: 0.1653 at 3M on conversation, alone:
+    0.1483). A lower ``miss_target`` (0.45)
     gains 0.2 points on the conversation trace at 3M and loses 0.4 on the synthetic one.
     Offline-tuned per-class offsets (hits x depth x increment size) reached about 42%, and LRU
     with a perfect dead-block oracle (``oracle_lru``) reaches 75%: the rest of the gap to Belady
@@ -312,11 +315,11 @@ class DeadlinePolicy(EvictionPolicy):
 
     def on_evict(self, node: "Node", num_pages: int, clock: int) -> None:
         (live, deadline), superseded, ids, proven, shed = node.policy_data
-        gone = ids[len(ids) - num_pages :]
+        cut = len(ids) - num_pages
+        gone = ids[cut:]
+        del ids[cut:]
         self.ghost.evicted(gone)
-        kept_fresh = not (node.hits or proven or superseded or shed)
-        self.kept_ghost.evicted(gone, remember=kept_fresh)
-        del ids[len(ids) - num_pages :]
+        self.kept_ghost.evicted(gone, remember=not (node.hits or proven or superseded or shed))
         if live:
             self.frontier = max(self.frontier, deadline)
             self.lag += self.lag_ema * (max(0.0, clock - self.frontier) - self.lag)
