@@ -4,7 +4,9 @@
 f[out, in], float32 sums) for M <= `MAX_ROWS`, in `csrc/skinny_matmul.cc`: each weight row is
 streamed once against all rows of x. XLA:CPU's dot on such shapes repacks or transposes the
 weights on every call (YNNPACK's transpose was ~40% of a pcjax-small decode step), so a decode
-step read its weights about twice.
+step read its weights about twice. bfloat16 on a CPU with AVX512-BF16 multiplies bfloat16 pairs
+with vdpbf16ps instead of converting the weights to f32 first (smollm2-135m's decode projections,
+8 rows: 20.6 -> 18.3 ms per step on a 2-core Zen 4).
 
 Availability: built on first use like the attention kernel (`pcjax.kernels.native`); lowers on
 the CPU platform only.

@@ -179,6 +179,15 @@ def test_skinny_matmul_matches_xla_dot(rows, out_dim, in_dim, dtype, out_dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_skinny_matmul_reads_no_further_than_a_rows_end(dtype):
+    # 40 inputs: a row ends inside a vector register, where the next row's inf begins
+    x = jnp.ones((3, 40), dtype)
+    w = jnp.ones((2, 40), dtype).at[1, 0].set(jnp.inf)
+    got = np.asarray(skinny_matmul.dot_nt_skinny(x, w, jnp.float32))
+    assert (got[:, 0] == 40.0).all() and (got[:, 1] == np.inf).all()
+
+
 def test_skinny_matmul_rejects_too_many_rows():
     x, w = jnp.ones((17, 8)), jnp.ones((4, 8))
     with pytest.raises(ValueError, match="at most 16"):

@@ -14,9 +14,20 @@
 // kPrefetchTiles tiles ahead, so memory keeps streaming while the later groups compute: with
 // prefetches in the first group only, an 8-row product (two groups of 4 on AVX2) computed and
 // loaded in turns (smollm2-135m's decode projections in f32, B = 8: 25.5 -> 22.2 ms).
+//
+// bfloat16 on a CPU with AVX512-BF16 (Zen 4, Sapphire Rapids) takes its own path (BlockDot):
+// x stays bfloat16 and each vdpbf16ps multiplies 32 bfloat16 pairs into 16 f32 sums, where the
+// portable path converts every w vector to f32 first and needs two FMAs for the same work. The
+// portable path is bound by that arithmetic, not by memory: for 8 rows on one Zen 4 core it
+// reads about 6 GB/s of bfloat16 weights from L2 against 20 GB/s for vdpbf16ps (and from DRAM
+// 5.9 against 10.0 GB/s). Products are exact and sums f32 either way; vdpbf16ps treats
+// subnormal inputs as zero.
 
 #include <algorithm>
 #include <cstdint>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -104,6 +115,77 @@ void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
   }
 }
 
+#if defined(__AVX512BF16__)
+constexpr int64_t kPairLanes = 32;  // bfloat16 values per zmm register
+
+// BlockDot's operands: x as bfloat16 rows padded with zeros to whole registers.
+struct DotOperands {
+  const BF16* x;  // [kMaxRows, padded_k]
+  const BF16* w;  // [N, K]
+  int64_t rows, padded_k, n, k;
+};
+
+// Rows [o_begin, o_end) of w against rows [m0, m0 + kM) of x, kO rows of w at a time: kM x
+// registers, one w register, kO * kM accumulators (8 x 2 + 9 or 4 x 4 + 5 registers). The last
+// partial register of a row is a masked load (w's next row may be NaN there).
+template <int kM, int kO, typename Out>
+void TileDot(const DotOperands& a, const BF16* const (&w_rows)[kO], int64_t o, int64_t live,
+             int64_t m0, Out* y) {
+  const uintptr_t ahead_bytes = kPrefetchTiles * kO * a.k * sizeof(BF16);
+  const BF16* x = a.x + m0 * a.padded_k;
+  __m512 acc[kO][kM];
+  for (int r = 0; r < kO; ++r)
+    for (int m = 0; m < kM; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < a.k; i += kPairLanes) {
+    const int64_t left = a.k - i;
+    const __mmask32 mask = left >= kPairLanes ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
+    __m512bh x_vec[kM];
+    for (int m = 0; m < kM; ++m)
+      x_vec[m] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + m * a.padded_k + i));
+    for (int r = 0; r < kO; ++r) {
+      __builtin_prefetch(
+          reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(w_rows[r] + i) + ahead_bytes),
+          0, 3);
+      const __m512bh w_vec =
+          reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, w_rows[r] + i));
+      for (int m = 0; m < kM; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x_vec[m], w_vec);
+    }
+  }
+  const int64_t rows = std::min<int64_t>(kM, a.rows - m0);
+  for (int r = 0; r < live; ++r)
+    for (int m = 0; m < rows; ++m)
+      FromFloat(_mm512_reduce_add_ps(acc[r][m]), &y[(m0 + m) * a.n + o + r]);
+}
+
+template <int kM, typename Out>
+void BlockDot(const DotOperands& a, int64_t o_begin, int64_t o_end, Out* y) {
+  constexpr int kO = kM >= 8 ? 2 : 4;
+  for (int64_t o = o_begin; o < o_end; o += kO) {
+    const int64_t live = std::min<int64_t>(kO, o_end - o);
+    const BF16* w_rows[kO];
+    for (int r = 0; r < kO; ++r) w_rows[r] = a.w + std::min<int64_t>(o + r, o_end - 1) * a.k;
+    for (int64_t m0 = 0; m0 < a.rows; m0 += kM) TileDot<kM, kO>(a, w_rows, o, live, m0, y);
+  }
+}
+
+// x @ w.T for bfloat16 x and w with vdpbf16ps (see the top of the file).
+template <typename Out>
+void RunDot(ffi::ThreadPool& pool, const BF16* x, const BF16* w, int64_t rows, int64_t k,
+            int64_t n, Out* y) {
+  const int64_t padded_k = (k + kPairLanes - 1) / kPairLanes * kPairLanes;
+  std::vector<BF16> x_padded(kMaxRows * padded_k, BF16{0});
+  for (int64_t m = 0; m < rows; ++m)
+    std::copy(x + m * k, x + (m + 1) * k, x_padded.begin() + m * padded_k);
+  const DotOperands a{x_padded.data(), w, rows, padded_k, n, k};
+  const int64_t items = (n + kRowsPerItem - 1) / kRowsPerItem;
+  ParallelFor(pool, items, [&](int64_t item, int64_t) {
+    const int64_t begin = item * kRowsPerItem, end = std::min(n, begin + kRowsPerItem);
+    if (rows <= 4) return BlockDot<4>(a, begin, end, y);
+    return BlockDot<8>(a, begin, end, y);
+  });
+}
+#endif  // __AVX512BF16__
+
 template <typename T, typename Out>
 void Run(ffi::ThreadPool& pool, const Operands<T>& a, Out* y) {
   const int64_t items = (a.n + kRowsPerItem - 1) / kRowsPerItem;
@@ -135,6 +217,17 @@ ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w
     return InvalidArgument("pcjax skinny matmul: the output must be float32 or x's dtype");
   if (rows == 0 || n == 0) return ffi::Error::Success();
 
+#if defined(__AVX512BF16__)
+  if (dtype == ffi::DataType::BF16) {
+    const auto* x_bf16 = static_cast<const BF16*>(x.untyped_data());
+    const auto* w_bf16 = static_cast<const BF16*>(w.untyped_data());
+    if (out_dtype == ffi::DataType::F32)
+      RunDot(pool, x_bf16, w_bf16, rows, k, n, y->typed_data<float>());
+    else
+      RunDot(pool, x_bf16, w_bf16, rows, k, n, static_cast<BF16*>(y->untyped_data()));
+    return ffi::Error::Success();
+  }
+#endif
   // x as f32, kMaxRows-padded rows of whole vectors (zeros past the data).
   const int64_t padded_k = (k + kLanes - 1) / kLanes * kLanes;
   std::vector<float> x_f32(kMaxRows * padded_k, 0.0f);
