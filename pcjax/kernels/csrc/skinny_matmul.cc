@@ -196,7 +196,6 @@ void Run(ffi::ThreadPool& pool, const Operands<T>& a, Out* y) {
     // kM: the rows of x rounded up to a power of two, at most kTileRows (then several tiles).
     if (a.rows <= 1) return Block<1>(a, begin, end, y);
     if (a.rows <= 2) return Block<2>(a, begin, end, y);
-    if (a.rows <= 4 || kTileRows == 4) return Block<4>(a, begin, end, y);
     return Block<kTileRows>(a, begin, end, y);
   };
   ParallelFor(pool, items, block);
