@@ -42,7 +42,8 @@ tier, a host-only node has no page ids; a hit on it is recorded when its pages c
 """
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from itertools import groupby, repeat
 from typing import TYPE_CHECKING
 
 from pcjax.cache import hold_knapsack
@@ -124,25 +125,27 @@ class LearnedHoldPolicy(EvictionPolicy):
         page the history lacks starts with ``known_uses`` earlier uses (a node's hits when a
         tree that ran under another policy is handed over; 0 for a new node)."""
         history, cap, stats = self.history, self.max_uses, self.stats
-        uses = 1
-        for page in reversed(page_ids):  # the first page last: the last one trimming would drop
-            entry = history.get(page)
+        # Pages used together share their history (a run of equal entries): each run is one
+        # interval closed and opened n times, and its pages move to the history's young end
+        # together, the last run first so that the first page ends youngest (trimmed last).
+        runs = [(entry, len(list(run))) for entry, run in groupby(map(history.get, page_ids))]
+        end, uses = len(page_ids), 1
+        for entry, n in reversed(runs):
+            pages, end = page_ids[end - n : end], end - n
             if entry is None:
                 uses = known_uses + 1
-                history[page] = [clock, uses]
             elif entry[0] == clock:  # recorded already: an adopted history (`adopt`)
                 uses = entry[1]
                 continue
             else:
-                age = clock - entry[0]
+                age, uses = clock - entry[0], entry[1] + 1
                 closed = stats[entry[1] if entry[1] < cap else cap]
                 b = _bin(age)
-                closed.returns[b] += 1
-                closed.return_ages[b] += age
-                history.move_to_end(page)
-                entry[0] = clock
-                uses = entry[1] = entry[1] + 1
-            stats[uses if uses < cap else cap].opened += 1
+                closed.returns[b] += n
+                closed.return_ages[b] += age * n
+                deque(map(history.pop, pages), maxlen=0)
+            history.update(zip(reversed(pages), repeat([clock, uses])))
+            stats[uses if uses < cap else cap].opened += n
         trim_oldest(history, self.history_scale * self.most_cached)
         return uses if uses < cap else cap
 
