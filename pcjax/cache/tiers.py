@@ -2,8 +2,9 @@
 
 `TierOps` is the half of `RadixTree` that moves pages between tiers: it keeps each node's
 membership in the two evictable sets (`_refresh`), changes a node's residency with the tree's
-counters in step, and evicts device pages (to the host, or dropped) and host slots. It works on
-the fields `RadixTree.__init__` sets and is not used on its own. Host-only: no jax.
+counters in step, evicts device pages (to the host, or dropped) and host slots, loads host-only
+paths back to the device (`load`) and hands out the queued offload copies (`drain_offloads`). It
+works on the fields `RadixTree.__init__` sets and is not used on its own. Host-only: no jax.
 
 Device eviction of a device leaf's last ``k`` pages (``_evict_tail``)::
 
@@ -44,6 +45,42 @@ class TierOps:
                 self._host_evictable.push(node)
         elif node.host_evictable:
             self._host_evictable.discard(node)
+
+    def load(self, node: Node) -> list[tuple[int, int]]:
+        """Gives every host-only node on the path to ``node`` freshly allocated device pages.
+
+        ``node`` must be locked (so nothing on the path is evicted meanwhile) and the pool must
+        have the pages free (evict first). The caller copies the KV: issue `drain_offloads` first,
+        then each returned ``(host slot, device page)`` pair, before the pages are read. The nodes
+        keep their host copies, so evicting them again later costs no copy.
+
+        Raises:
+          ValueError: ``node`` is not locked. PoolExhaustedError: too few free pages (no change).
+        """
+        self._check_handle(node)
+        if node is not self.root and node.lock_ref == 0:
+            raise ValueError(f"lock {node} before loading it")
+        path = []
+        while node is not self.root and not node.pages:
+            path.append(node)
+            node = node.parent
+        pages = self.pool.allocate(sum(len(n.host_slots) for n in path))
+        self.pool.mark_cached(pages)
+        copies, i = [], 0
+        for n in reversed(path):
+            mine, i = pages[i : i + len(n.host_slots)], i + len(n.host_slots)
+            copies += zip(n.host_slots, mine, strict=True)
+            self._set_device(n, mine)
+        return copies
+
+    def drain_offloads(self) -> list[tuple[int, int]]:
+        """The ``(device page, host slot)`` copies queued since the last call, in order.
+
+        Issue them in this order (a later copy to the same slot wins) before any freed page is
+        reused and before any `load` copy.
+        """
+        offloads, self._offloads = self._offloads, []
+        return offloads
 
     def _add_leaf(self, parent: Node, key: tuple, pages: list[int]) -> Node:
         leaf = Node(key, pages, parent, self.clock)
