@@ -46,7 +46,7 @@ lets the real cache follow the one that did best recently.
 
 Evidence (token hit rate, robustness sweep of ``configs/eviction.py``: 2 Mooncake traces and 7
 generators x 0.5M-10M tokens, 36 cells; ``experiments/compare_eviction.py``): at worst 0.02
-points below LRU and 0.34 below the best of its candidates (synthetic 1M), 48.2% of Belady on
+points below LRU and 0.33 below the best of its candidates (synthetic 1M), 47.7% of Belady on
 conversation 3M. Starting with LRU instead: 1.55 and 1.49 below the best candidate on synthetic
 3M and 10M, where the shadows see about 200 lookups and cannot tell. Without adoption, with the
 high-water-mark capacity and the cached-path trunk: 6 cells more than 0.5 below the best

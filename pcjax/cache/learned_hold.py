@@ -30,8 +30,8 @@ The class of a leaf is that of its first page (the most used one: pages are cut 
 diverge). Statistics are cumulative, so a long run adapts ever more slowly to a change of traffic.
 
 Evidence (token hit rate, sequential replay, ``experiments/compare_eviction.py``): conversation
-1M / 3M / 10M tokens 0.0909 / 0.1726 / 0.3023 (LRU 0.0543 / 0.1387 / 0.2908; ``deadline`` 0.0876 /
-0.1735 / 0.3055); synthetic 0.1531 / 0.3236 / 0.5789 (LRU 0.1451 / 0.3151 / 0.5770), with no
+1M / 3M / 10M tokens 0.0899 / 0.1722 / 0.3023 (LRU 0.0543 / 0.1387 / 0.2908; ``deadline`` 0.0868 /
+0.1710 / 0.3047); synthetic 0.1485 / 0.3236 / 0.5789 (LRU 0.1451 / 0.3151 / 0.5770), with no
 constant tuned to either trace. The class bound's own hold times, known in hindsight and
 replayed (``hindsight:uses``), reach 0.1770 on conversation at 3M: about all that seeing the use
 count buys in practice, against a relaxed bound of 0.1995 (``bound:uses``).

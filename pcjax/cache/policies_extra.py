@@ -223,7 +223,7 @@ class DeadlinePolicy(EvictionPolicy):
 
     Evidence (token hit rate, ``experiments/compare_eviction.py``; the notebook plots it), at 1M
     / 3M / 10M tokens: conversation 0.0868 / 0.1710 / 0.3047 (LRU 0.0543 / 0.1387 / 0.2908;
-    47.5% of Belady at 3M, LRU 38.5%), synthetic 0.1400 / 0.3322 / 0.5940 (LRU 0.1451 / 0.3151
+    47.5% of Belady at 3M, LRU 38.5%), synthetic 0.1400 / 0.3324 / 0.5940 (LRU 0.1451 / 0.3151
     / 0.5770); on the generators at most 0.1 point below LRU (agent at 500K tokens), up to 4
     points above. The ghost's window (pages evicted since, rather than ghosts left, which cost
     per-page bookkeeping: 2.4x LRU's replay time, now 1.7x) cost 0.25 points at 3M on
