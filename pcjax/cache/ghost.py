@@ -15,23 +15,12 @@ Example::
 Host-only: plain Python, no jax.
 """
 
-import math
-from collections import OrderedDict, deque
-from itertools import repeat
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pcjax.cache.base import Node
 
 _SLACK = 8  # a ghost purges its runs when they outnumber its window (in pages) this many times
-
-
-def trim_oldest(entries: OrderedDict, limit: float) -> None:
-    """Drops the oldest entries of ``entries`` until at most ``limit`` remain, in a loop that
-    stays in C (the bounded histories of the policies that remember evicted pages)."""
-    excess = len(entries) - math.floor(limit)
-    if excess > 0:
-        deque(map(entries.popitem, repeat(False, excess)), maxlen=0)
 
 
 class Ghost:

@@ -47,7 +47,7 @@ from itertools import groupby, repeat
 from typing import TYPE_CHECKING
 
 from pcjax.cache import hold_knapsack
-from pcjax.cache.ghost import prefix_page_ids, share_point, trim_oldest
+from pcjax.cache.ghost import prefix_page_ids, share_point
 from pcjax.cache.policies import EvictionPolicy
 
 if TYPE_CHECKING:
@@ -68,6 +68,14 @@ _SMALL_AGE_BINS = [_bin_of(age) for age in range(1 << 16)]  # the common ages, l
 def _bin(age: int) -> int:
     """The bin of a return age (in clock ticks)."""
     return _SMALL_AGE_BINS[age] if 0 <= age < len(_SMALL_AGE_BINS) else _bin_of(age)
+
+
+def _trim_oldest(entries: OrderedDict, limit: float) -> None:
+    """Drops the oldest entries of ``entries`` until at most ``limit`` remain, in a loop that
+    stays in C (the bounded history)."""
+    excess = len(entries) - math.floor(limit)
+    if excess > 0:
+        deque(map(entries.popitem, repeat(False, excess)), maxlen=0)
 
 
 class _ClassStats:
@@ -146,7 +154,7 @@ class LearnedHoldPolicy(EvictionPolicy):
                 deque(map(history.pop, pages), maxlen=0)
             history.update(zip(reversed(pages), repeat([clock, uses])))
             stats[uses if uses < cap else cap].opened += n
-        trim_oldest(history, self.history_scale * self.most_cached)
+        _trim_oldest(history, self.history_scale * self.most_cached)
         return uses if uses < cap else cap
 
     def adopt(self, learned: "LearnedHoldPolicy", scale: float) -> None:

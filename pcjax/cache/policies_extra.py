@@ -230,8 +230,8 @@ class DeadlinePolicy(EvictionPolicy):
     conversation (0.1735). With that earlier ghost: 41.7% of Belady without thrash control
     (synthetic 0.1469 / 0.3232 / 0.5932); the doubled ghost mattered only with thrash control
     (it proves more shed leaves that come back; 1x: 0.1653 at 3M on conversation, alone:
-    0.1483). A lower ``miss_target`` (0.45)
-    gains 0.2 points on the conversation trace at 3M and loses 0.4 on the synthetic one.
+    0.1483). A lower ``miss_target`` (0.45) gains 0.2 points on the conversation trace at 3M
+    and loses 0.4 on the synthetic one.
     Offline-tuned per-class offsets (hits x depth x increment size) reached about 42%, and LRU
     with a perfect dead-block oracle (``oracle_lru``) reaches 75%: the rest of the gap to Belady
     is knowing *which* fresh blocks will return, which the tree cannot see. The class bounds
