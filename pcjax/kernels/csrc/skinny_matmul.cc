@@ -103,18 +103,38 @@ void Tile(const Operands<T>& a, const T* const (&w_rows)[kO], int64_t o, int64_t
     }
 }
 
-// Rows [o_begin, o_end) of w against all rows of x: kO(kM) rows of w at a time, each against
-// the rows of x in tiles of kM (padding rows of x are 0 and never written).
-template <int kM, typename T, typename Out>
-void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
-  constexpr int kO = TileO(kM);
+// Rows [o_begin, o_end) of w (K values each) kO at a time, each group against the `rows` rows
+// of x in tiles of kM: tile(w_rows, o, live, m0), `live` of the kO rows real (the others repeat
+// the last row); padding rows of x are 0 and never written.
+template <int kM, int kO, typename T, typename TileFn>
+void ForEachTile(const T* w, int64_t k, int64_t rows, int64_t o_begin, int64_t o_end,
+                 const TileFn& tile) {
   for (int64_t o = o_begin; o < o_end; o += kO) {
     const int64_t live = std::min<int64_t>(kO, o_end - o);
     const T* w_rows[kO];
-    for (int r = 0; r < kO; ++r) w_rows[r] = a.w + std::min<int64_t>(o + r, o_end - 1) * a.k;
-    for (int64_t m0 = 0; m0 < a.rows; m0 += kM)
-      Tile<kM, kO>(a, w_rows, o, live, m0, y);
+    for (int r = 0; r < kO; ++r) w_rows[r] = w + std::min<int64_t>(o + r, o_end - 1) * k;
+    for (int64_t m0 = 0; m0 < rows; m0 += kM) tile(w_rows, o, live, m0);
   }
+}
+
+// The n rows of w in work items of kRowsPerItem rows, block(begin, end) each, on the pool.
+template <typename BlockFn>
+void ForEachRowBlock(ffi::ThreadPool& pool, int64_t n, const BlockFn& block) {
+  const int64_t items = (n + kRowsPerItem - 1) / kRowsPerItem;
+  ParallelFor(pool, items, [&](int64_t item, int64_t) {
+    const int64_t begin = item * kRowsPerItem;
+    block(begin, std::min(n, begin + kRowsPerItem));
+  });
+}
+
+// Rows [o_begin, o_end) of w against all rows of x, in register tiles of TileO(kM) x kM.
+template <int kM, typename T, typename Out>
+void Block(const Operands<T>& a, int64_t o_begin, int64_t o_end, Out* y) {
+  constexpr int kO = TileO(kM);
+  ForEachTile<kM, kO>(a.w, a.k, a.rows, o_begin, o_end,
+                      [&](const T* const (&w_rows)[kO], int64_t o, int64_t live, int64_t m0) {
+                        Tile<kM, kO>(a, w_rows, o, live, m0, y);
+                      });
 }
 
 #if defined(__AVX512BF16__)
@@ -162,12 +182,10 @@ void TileDot(const DotOperands& a, const BF16* const (&w_rows)[kO], int64_t o, i
 template <int kM, typename Out>
 void BlockDot(const DotOperands& a, int64_t o_begin, int64_t o_end, Out* y) {
   constexpr int kO = kM >= 8 ? 2 : 4;
-  for (int64_t o = o_begin; o < o_end; o += kO) {
-    const int64_t live = std::min<int64_t>(kO, o_end - o);
-    const BF16* w_rows[kO];
-    for (int r = 0; r < kO; ++r) w_rows[r] = a.w + std::min<int64_t>(o + r, o_end - 1) * a.k;
-    for (int64_t m0 = 0; m0 < a.rows; m0 += kM) TileDot<kM, kO>(a, w_rows, o, live, m0, y);
-  }
+  ForEachTile<kM, kO>(a.w, a.k, a.rows, o_begin, o_end,
+                      [&](const BF16* const (&w_rows)[kO], int64_t o, int64_t live, int64_t m0) {
+                        TileDot<kM, kO>(a, w_rows, o, live, m0, y);
+                      });
 }
 
 // x @ w.T for bfloat16 x and w with vdpbf16ps (see the top of the file).
@@ -179,9 +197,7 @@ void RunDot(ffi::ThreadPool& pool, const BF16* x, const BF16* w, int64_t rows, i
   for (int64_t m = 0; m < rows; ++m)
     std::copy(x + m * k, x + (m + 1) * k, x_padded.begin() + m * padded_k);
   const DotOperands a{x_padded.data(), w, rows, padded_k, n, k};
-  const int64_t items = (n + kRowsPerItem - 1) / kRowsPerItem;
-  ParallelFor(pool, items, [&](int64_t item, int64_t) {
-    const int64_t begin = item * kRowsPerItem, end = std::min(n, begin + kRowsPerItem);
+  ForEachRowBlock(pool, n, [&](int64_t begin, int64_t end) {
     if (rows <= 4) return BlockDot<4>(a, begin, end, y);
     return BlockDot<8>(a, begin, end, y);
   });
@@ -190,15 +206,12 @@ void RunDot(ffi::ThreadPool& pool, const BF16* x, const BF16* w, int64_t rows, i
 
 template <typename T, typename Out>
 void Run(ffi::ThreadPool& pool, const Operands<T>& a, Out* y) {
-  const int64_t items = (a.n + kRowsPerItem - 1) / kRowsPerItem;
-  auto block = [&](int64_t item, int64_t) {
-    const int64_t begin = item * kRowsPerItem, end = std::min(a.n, begin + kRowsPerItem);
+  ForEachRowBlock(pool, a.n, [&](int64_t begin, int64_t end) {
     // kM: the rows of x rounded up to a power of two, at most kTileRows (then several tiles).
     if (a.rows <= 1) return Block<1>(a, begin, end, y);
     if (a.rows <= 2) return Block<2>(a, begin, end, y);
     return Block<kTileRows>(a, begin, end, y);
-  };
-  ParallelFor(pool, items, block);
+  });
 }
 
 ffi::Error SkinnyMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
