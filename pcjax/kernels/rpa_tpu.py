@@ -61,71 +61,15 @@ from pcjax.kernels.rpa_tpu_budget import (
     default_pages_per_block,
     kernel_shapes,
 )
+from pcjax.kernels.rpa_tpu_math import (
+    KernelConfig,
+    dot,
+    finish,
+    init_state,
+    masks,
+    softmax_step,
+)
 from pcjax.kernels.rpa_tpu_pipeline import ItemRefs, Stream, block_range, load_head
-
-_MASKED = -1e30  # finite, so fully masked rows never produce inf - inf
-
-
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    """Static kernel parameters (each one recompiles)."""
-
-    sm_scale: float
-    sliding_window: int | None
-    soft_cap: float | None
-    page_size: int
-    pages_per_seq: int
-    pages_per_block: int
-    block_q: int
-    table_block: int  # TB: page ids per SMEM page-table row (TPU code path)
-    xla_loop: bool  # the CPU variant for interpret=True (see "CPU" in the module docstring)
-    indexed_loads: bool = False  # plain indexed head reads (for a pltpu.InterpretParams run)
-
-    @property
-    def block_kv(self) -> int:
-        return self.pages_per_block * self.page_size
-
-
-def _dot(spec: str, a, b):
-    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-    return jnp.einsum(spec, a, b, precision=precision, preferred_element_type=jnp.float32)
-
-
-def _softmax_step(cfg: _Config, s, mask, m_prev, l_prev, acc_prev, pv):
-    """One online-softmax update with scores `s` (f32[..., R, S]); pv(p) gives p @ V."""
-    s = s * cfg.sm_scale
-    if cfg.soft_cap is not None:
-        s = cfg.soft_cap * jnp.tanh(s / cfg.soft_cap)
-    s = jnp.where(mask, s, _MASKED)
-    m_new = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
-    p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
-    alpha = jnp.exp(m_prev - m_new)
-    return m_new, alpha * l_prev + p.sum(axis=-1, keepdims=True), alpha * acc_prev + pv(p)
-
-
-def _masks(cfg: _Config, rows: int, block, pages, first_pos, num_q, kv_len):
-    """(score mask bool[R, S], fetched-and-written columns bool[S, 1]) of kv block `block`."""
-    kv_pos0 = block * cfg.block_kv
-    t = lax.broadcasted_iota(jnp.int32, (rows, 1), 0) % cfg.block_q  # rows are head-major
-    q_pos = jnp.where(t < num_q, first_pos + t, -1)  # i32[R, 1]; padding rows see nothing
-    col = kv_pos0 + lax.broadcasted_iota(jnp.int32, (1, cfg.block_kv), 1)  # i32[1, S]
-    mask = col <= q_pos
-    if cfg.sliding_window is not None:
-        mask &= col > q_pos - cfg.sliding_window
-    col_t = kv_pos0 + lax.broadcasted_iota(jnp.int32, (cfg.block_kv, 1), 0)
-    kv_end = jnp.minimum(first_pos + num_q, kv_len)
-    return mask, (col_t >= pages.first_page * cfg.page_size) & (col_t < kv_end)
-
-
-def _finish(o_ref, l_ref, acc_ref) -> None:
-    l_final = l_ref[...]
-    o_ref[...] = (acc_ref[...] / jnp.where(l_final > 0, l_final, 1.0)).astype(o_ref.dtype)
-
-
-def _init_state(m_ref, l_ref, acc_ref) -> None:
-    m_ref[...] = jnp.full(m_ref.shape, -jnp.inf, jnp.float32)
-    l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
-    acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
 
 def _kernel_tpu(
@@ -141,32 +85,32 @@ def _kernel_tpu(
     m_ref, l_ref,  # f32[K, R, 1] (VMEM): running max and sum
     acc_ref,  # f32[K, R, H] (VMEM): running output
     *,
-    cfg: _Config,
+    cfg: KernelConfig,
 ):  # fmt: skip
     items = ItemRefs(seq_ref, num_q_ref, first_pos_ref, kv_len_ref)
     stream = Stream(cfg, items, table_hbm, k_hbm, v_hbm, k_buf, v_buf, table_buf, state, sems)
     w = pl.program_id(0)
     pl.when(w == 0)(stream.prologue)
-    _init_state(m_ref, l_ref, acc_ref)
+    init_state(m_ref, l_ref, acc_ref)
     pages = stream.blocks(w)
     first_pos, num_q, kv_len = first_pos_ref[w], num_q_ref[w], kv_len_ref[w]
 
     def body(b, carry):
         stream.start_next(w, b)
         slot = stream.wait(w, b)
-        mask, col_ok = _masks(cfg, q_ref.shape[1], b, pages, first_pos, num_q, kv_len)
+        mask, col_ok = masks(cfg, q_ref.shape[1], b, pages, first_pos, num_q, kv_len)
         for h in range(q_ref.shape[0]):
             k = load_head(k_buf, slot, h, indexed=cfg.indexed_loads)
             v = jnp.where(col_ok, load_head(v_buf, slot, h, indexed=cfg.indexed_loads), 0)
-            m_ref[h], l_ref[h], acc_ref[h] = _softmax_step(
-                cfg, _dot("rh,sh->rs", q_ref[h], k), mask,
+            m_ref[h], l_ref[h], acc_ref[h] = softmax_step(
+                cfg, dot("rh,sh->rs", q_ref[h], k), mask,
                 m_ref[h], l_ref[h], acc_ref[h],
-                lambda p, v=v: _dot("rs,sh->rh", p.astype(v.dtype), v),
+                lambda p, v=v: dot("rs,sh->rh", p.astype(v.dtype), v),
             )  # fmt: skip
         return carry
 
     lax.fori_loop(pages.first_block, pages.end_block, body, 0)
-    _finish(o_ref, l_ref, acc_ref)
+    finish(o_ref, l_ref, acc_ref)
 
 
 def _kernel_xla_loop(
@@ -179,14 +123,14 @@ def _kernel_xla_loop(
     sems,  # DMA[2]
     m_ref, l_ref, acc_ref,
     *,
-    cfg: _Config,
+    cfg: KernelConfig,
 ):  # fmt: skip
     w = pl.program_id(0)
     q = q_hbm[w]  # f[K, R, H]
     seq, first_pos, num_q, kv_len = seq_ref[w], first_pos_ref[w], num_q_ref[w], kv_len_ref[w]
     pages = block_range(cfg, first_pos, num_q)
     num_kv_heads, rows, head_dim = q.shape
-    _init_state(m_ref, l_ref, acc_ref)
+    init_state(m_ref, l_ref, acc_ref)
 
     def body(b, carry):
         for j in range(cfg.pages_per_block):
@@ -196,17 +140,17 @@ def _kernel_xla_loop(
                 copy = pltpu.make_async_copy(hbm.at[page], buf.at[j], sems.at[kv])
                 copy.start()
                 copy.wait()
-        mask, col_ok = _masks(cfg, rows, b, pages, first_pos, num_q, kv_len)
+        mask, col_ok = masks(cfg, rows, b, pages, first_pos, num_q, kv_len)
         heads_major = lambda x: x.reshape(cfg.block_kv, num_kv_heads, head_dim).transpose(1, 0, 2)  # noqa: E731
         k, v = heads_major(k_buf[...]), jnp.where(col_ok[None], heads_major(v_buf[...]), 0)
-        m_ref[...], l_ref[...], acc_ref[...] = _softmax_step(
-            cfg, _dot("krh,ksh->krs", q, k), mask, m_ref[...], l_ref[...], acc_ref[...],
-            lambda p: _dot("krs,ksh->krh", p.astype(v.dtype), v),
+        m_ref[...], l_ref[...], acc_ref[...] = softmax_step(
+            cfg, dot("krh,ksh->krs", q, k), mask, m_ref[...], l_ref[...], acc_ref[...],
+            lambda p: dot("krs,ksh->krh", p.astype(v.dtype), v),
         )  # fmt: skip
         return carry
 
     lax.fori_loop(pages.first_block, pages.end_block, body, 0)
-    _finish(o_ref, l_ref, acc_ref)
+    finish(o_ref, l_ref, acc_ref)
 
 
 @functools.partial(
@@ -268,7 +212,7 @@ def ragged_paged_attention_tpu(
         raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
     _, page_size, num_kv_heads, head_dim = k_pages.shape
     pages_per_seq = md.page_table.shape[1]
-    cfg = _Config(
+    cfg = KernelConfig(
         sm_scale=sm_scale,
         sliding_window=sliding_window,
         soft_cap=soft_cap,
@@ -303,7 +247,7 @@ def ragged_paged_attention_tpu(
     )
 
 
-def _check_tpu_config(cfg: _Config, head_dim: int, *, compiled: bool) -> None:
+def _check_tpu_config(cfg: KernelConfig, head_dim: int, *, compiled: bool) -> None:
     if head_dim > LANES and head_dim % LANES:
         raise ValueError(
             f"the TPU kernel needs head_dim <= {LANES} or a multiple of {LANES}, got {head_dim}"
@@ -318,7 +262,7 @@ def _check_tpu_config(cfg: _Config, head_dim: int, *, compiled: bool) -> None:
 
 
 def _call(
-    cfg: _Config,
+    cfg: KernelConfig,
     q,
     k_pages,
     v_pages,
@@ -356,7 +300,9 @@ def _call(
     )
 
 
-def _pallas_tpu(cfg: _Config, scalars, page_table, q_blocks, k_pages, v_pages, limit, interpret):
+def _pallas_tpu(
+    cfg: KernelConfig, scalars, page_table, q_blocks, k_pages, v_pages, limit, interpret
+):
     num_items, num_kv_heads, rows, head_dim = q_blocks.shape
     num_seqs, pages_per_seq = page_table.shape
     table_cols = pl.cdiv(pages_per_seq, cfg.table_block) * cfg.table_block
@@ -391,7 +337,7 @@ def _pallas_tpu(cfg: _Config, scalars, page_table, q_blocks, k_pages, v_pages, l
     )(*scalars, table.reshape(-1, cfg.table_block), q_blocks, k_pages, v_pages)  # fmt: skip
 
 
-def _pallas_xla_loop(cfg: _Config, scalars, page_table, q_blocks, k_pages, v_pages):
+def _pallas_xla_loop(cfg: KernelConfig, scalars, page_table, q_blocks, k_pages, v_pages):
     num_items, num_kv_heads, rows, head_dim = q_blocks.shape
     buf = pltpu.VMEM((cfg.pages_per_block, *k_pages.shape[1:]), k_pages.dtype)
     stat = pltpu.VMEM((num_kv_heads, rows, 1), jnp.float32)
