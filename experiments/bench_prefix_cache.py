@@ -11,7 +11,10 @@ Workload (defaults): 32 requests sharing a 512-token prefix plus a unique 64-tok
   each round on new prompts (new prefix, new suffixes). The machine's speed drifts by 10-20% over
   minutes when it is shared, so one pass per system is a coin toss near a ratio of 1: the table
   shows each system's median round (and every round's wall time is in the JSON); tokens are
-  compared on round 0, which both systems ran on the same prompts.
+  compared on round 0, which both systems ran on the same prompts. With one attention impl the
+  two systems' rounds take turns (`run_interleaved`: pcjax round 0, vLLM round 0, pcjax round
+  1, ...; neither runs while the other is timed), so that a drift falls on both alike;
+  ``--nointerleave`` runs all of pcjax's rounds first.
 
     python -m experiments.bench_prefix_cache --workdir=workdir/bench
     python -m experiments.bench_prefix_cache --attention_impls=reference --nopeer
@@ -50,6 +53,12 @@ _IMPLS = flags.DEFINE_list(
 )
 _CACHING = flags.DEFINE_list("caching", ["on", "off"], "Prefix caching settings to run.")
 _PEER = flags.DEFINE_bool("peer", True, "Also run vLLM's CPU backend.")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave",
+    True,
+    "With one attention impl: pcjax's and vLLM's timed rounds take turns (else all of pcjax's "
+    "rounds, then vLLM's).",
+)
 _VLLM_PYTHON = flags.DEFINE_string(
     "vllm_python", None, "Python of the vLLM venv (default: .peers/vllm/bin/python)."
 )
@@ -66,7 +75,14 @@ def main(argv):
     model_dir = _model_directory()
     prompts = _prompt_sets(model_dir)
     results = {"workload": _workload_description(model_dir), "pcjax": {}, "vllm": {}}
+    interleave = _PEER.value and _INTERLEAVE.value and len(_IMPLS.value) == 1
     for caching in _CACHING.value:
+        if interleave:
+            name, on = f"caching_{caching}/{_IMPLS.value[0]}", caching == "on"
+            print(f"== pcjax {name} and vLLM caching_{caching}, rounds interleaved", flush=True)
+            pcjax, vllm = run_interleaved(model_dir, on, _IMPLS.value[0], prompts)
+            results["pcjax"][name], results["vllm"][f"caching_{caching}"] = pcjax, vllm
+            continue
         for impl in _IMPLS.value:
             name = f"caching_{caching}/{impl}"
             print(f"== pcjax {name}", flush=True)
@@ -148,7 +164,14 @@ def _workload_description(model_dir: str) -> dict:
 
 
 def run_pcjax(model_dir: str, caching: bool, impl: str, prompts: dict) -> dict:
-    """Warm-up, TTFT probes and the timed pass on one pcjax engine."""
+    """Warm-up, TTFT probes and the timed passes on one pcjax engine."""
+    side = _start_pcjax(model_dir, caching, impl, prompts)
+    rounds = [_pcjax_round(side, timed) for timed in prompts["timed"]]
+    return _pcjax_result(side, rounds)
+
+
+def _start_pcjax(model_dir: str, caching: bool, impl: str, prompts: dict) -> dict:
+    """Builds the engine, warms it up and runs the TTFT probes: what the timed rounds need."""
     from pcjax import Engine, SamplingParams
 
     start = time.perf_counter()
@@ -171,15 +194,29 @@ def run_pcjax(model_dir: str, caching: bool, impl: str, prompts: dict) -> dict:
         engine.generate([prompt], one, use_tqdm=False)
     warmup_s = time.perf_counter() - start
     probe = [engine.generate([p], one, use_tqdm=False)[0] for p in prompts["probe"]]
-    rounds = []
-    for timed in prompts["timed"]:
-        before = engine.stats()
-        start = time.perf_counter()
-        outputs = engine.generate(timed, greedy, use_tqdm=False)
-        wall_s = time.perf_counter() - start
-        stats = engine.stats()
-        delta = {k: v - before[k] for k, v in stats.items() if isinstance(v, (int, float))}
-        rounds.append(_pcjax_summary(engine, outputs, delta, wall_s, probe))
+    return {
+        "engine": engine,
+        "greedy": greedy,
+        "probe": probe,
+        "build_s": build_s,
+        "warmup_s": warmup_s,
+    }
+
+
+def _pcjax_round(side: dict, timed: list[list[int]]) -> dict:
+    """One timed pass: all of ``timed`` at once."""
+    engine = side["engine"]
+    before = engine.stats()
+    start = time.perf_counter()
+    outputs = engine.generate(timed, side["greedy"], use_tqdm=False)
+    wall_s = time.perf_counter() - start
+    stats = engine.stats()
+    delta = {k: v - before[k] for k, v in stats.items() if isinstance(v, (int, float))}
+    return _pcjax_summary(engine, outputs, delta, wall_s, side["probe"])
+
+
+def _pcjax_result(side: dict, rounds: list[dict]) -> dict:
+    """The median round, with every round's wall time and the set-up figures."""
     median = sorted(rounds, key=lambda r: r["wall_s"])[len(rounds) // 2]
     return median | {
         "wall_s_rounds": [r["wall_s"] for r in rounds],
@@ -187,9 +224,9 @@ def run_pcjax(model_dir: str, caching: bool, impl: str, prompts: dict) -> dict:
             r["computed_equals_total_minus_hits"] for r in rounds
         ),
         "token_ids": rounds[0]["token_ids"],
-        "build_s": build_s,
-        "warmup_s": warmup_s,
-        "attention_impl": engine.attention_impl,
+        "build_s": side["build_s"],
+        "warmup_s": side["warmup_s"],
+        "attention_impl": side["engine"].attention_impl,
     }
 
 
@@ -235,7 +272,45 @@ def _decode_tokens(delta) -> int:
 def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
     """The same passes through vLLM's CPU backend, in its own venv and process."""
     python = _VLLM_PYTHON.value or vllm_peer.default_vllm_python()
-    spec = {
+    try:
+        result = vllm_peer.run_vllm(python, _vllm_spec(model_dir, caching, prompts), timeout_s=1800)
+    except vllm_peer.VllmPeerError as err:
+        print(f"vLLM peer failed: {err}")
+        return None
+    return None if result is None else _vllm_result(result, prompts)
+
+
+def run_interleaved(
+    model_dir: str, caching: bool, impl: str, prompts: dict
+) -> tuple[dict, dict | None]:
+    """pcjax and vLLM take turns: pcjax warms up and probes alone, then idles while vLLM starts,
+    warms up and probes; then timed round r of pcjax, round r of vLLM, round r + 1 of pcjax...
+    Neither system runs while the other is timed, and a drift of the machine's speed falls on
+    both alike. Returns both results (vLLM's None when it is not installed or failed)."""
+    side = _start_pcjax(model_dir, caching, impl, prompts)
+    names = [f"timed_{r}" for r in range(len(prompts["timed"]))]
+    spec = _vllm_spec(model_dir, caching, prompts) | {"gated_passes": names}
+    python = _VLLM_PYTHON.value or vllm_peer.default_vllm_python()
+    run = vllm_peer.start_gated(python, spec, timeout_s=1800)
+    if run is None:
+        return _pcjax_result(side, [_pcjax_round(side, t) for t in prompts["timed"]]), None
+    rounds, result = [], None
+    with run:
+        try:
+            for name, timed in zip(names, prompts["timed"], strict=True):
+                run.wait_ready(name)
+                rounds.append(_pcjax_round(side, timed))
+                run.release(name)
+            result = run.finish()
+        except vllm_peer.VllmPeerError as err:
+            print(f"vLLM peer failed: {err}")
+    rounds += [_pcjax_round(side, t) for t in prompts["timed"][len(rounds) :]]
+    return _pcjax_result(side, rounds), result and _vllm_result(result, prompts)
+
+
+def _vllm_spec(model_dir: str, caching: bool, prompts: dict) -> dict:
+    """The runner spec of vLLM's passes: warm-up, probes, then the timed rounds."""
+    return {
         "model_dir": os.path.abspath(model_dir),
         "enable_prefix_caching": caching,
         "max_num_seqs": _CONCURRENCY.value,
@@ -260,13 +335,10 @@ def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
             ),
         ],
     }
-    try:
-        result = vllm_peer.run_vllm(python, spec, timeout_s=1800)
-    except vllm_peer.VllmPeerError as err:
-        print(f"vLLM peer failed: {err}")
-        return None
-    if result is None:
-        return None
+
+
+def _vllm_result(result: dict, prompts: dict) -> dict:
+    """The median timed round and the probes of a runner result."""
     passes = {p["name"]: p for p in result["passes"]}
     rounds = [passes[f"timed_{r}"] for r in range(len(prompts["timed"]))]
     walls = [r["wall_s"] for r in rounds]
@@ -291,13 +363,17 @@ def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
 
 
 def compare(results: dict) -> dict:
-    """pcjax/vLLM wall-time ratios per caching setting, and greedy-token agreement."""
+    """pcjax/vLLM wall-time ratios per caching setting (of the median rounds, and round by
+    round: the rounds that ran next to each other when interleaved), and greedy-token
+    agreement."""
     out = {}
     for name, run in results["pcjax"].items():
         caching = name.split("/")[0]
         peer = results["vllm"].get(caching)
         if peer:
             out[f"{name}/wall_ratio_vs_vllm"] = run["wall_s"] / peer["wall_s"]
+            pairs = zip(run["wall_s_rounds"], peer["wall_s_rounds"], strict=True)
+            out[f"{name}/round_ratios_vs_vllm"] = [ours / theirs for ours, theirs in pairs]
             out[f"{name}/same_tokens_as_vllm"] = _agreement(run["token_ids"], peer["token_ids"])
         if run.get("ttft_probe_hit_s"):
             out[f"{name}/ttft_cold_over_hit"] = run["ttft_probe_cold_s"] / run["ttft_probe_hit_s"]
@@ -357,6 +433,8 @@ def print_table(results: dict) -> None:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, list):
+        return " ".join(_fmt(v) for v in value)
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 

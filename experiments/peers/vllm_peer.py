@@ -300,6 +300,103 @@ def run_vllm(
     return result
 
 
+class GatedRun:
+    """vLLM started in the background, each of its spec's ``gated_passes`` run when the caller
+    says so: the caller times its own work in between, so both systems' timed passes take turns
+    on the machine and never overlap (`bench_prefix_cache` interleaves its rounds this way, so
+    that a slow drift of the machine falls on both alike). The gate protocol is in
+    `vllm_runner`'s docstring.
+
+        run = vllm_peer.start_gated(python, spec, timeout_s=1800)   # None: no vLLM here
+        run.wait_ready("timed_0")   # engine up, the passes before done, idle at the gate
+        ...                         # the caller's own timed round
+        run.release("timed_0")      # vLLM's pass runs; returns once it is done
+        result = run.finish()       # as `run_vllm` returns it
+
+    Every wait ends by `timeout_s` (from the start) or when the runner exits; either raises
+    `VllmPeerError` and kills the runner. `close` (also on leaving a ``with`` block) kills it
+    if it still runs.
+    """
+
+    def __init__(self, python: str, spec: dict, *, timeout_s: float, env=None, log_path=None):
+        self._tmp = tempfile.TemporaryDirectory(prefix="vllm_peer_")
+        self.gate_dir = pathlib.Path(self._tmp.name)
+        spec = vllm_runner.check_spec({**spec, "gate_dir": str(self.gate_dir)})
+        self._deadline = time.monotonic() + timeout_s
+        self._out = self.gate_dir / "result.json"
+        self.digest = LogDigest()
+        self._log = open(log_path or os.devnull, "w")  # noqa: SIM115 (closed by finish/close)
+        spec_path = write_spec(spec, self._tmp.name)
+        self.proc = start_runner(python, spec_path, self._out, runner_env(env))
+        self._pump = threading.Thread(
+            target=pump_log, args=(self.proc.stdout, self.digest, self._log, False)
+        )
+        self._pump.start()
+
+    def __enter__(self) -> "GatedRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, name: str) -> None:
+        """Waits until vLLM waits at the gate of pass `name`."""
+        self._wait_for(f"ready_{name}")
+
+    def release(self, name: str) -> None:
+        """Lets pass `name` run and waits until it is done."""
+        (self.gate_dir / f"go_{name}").touch()
+        self._wait_for(f"done_{name}")
+
+    def finish(self) -> dict:
+        """Waits for the runner to end; returns its result (`run_vllm`'s, without ``client``)."""
+        try:
+            self.proc.wait(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise VllmPeerError(self.digest.message("timed out")) from None
+        self._pump.join()
+        try:
+            return read_result(self._out, self.proc.returncode, self.digest)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Kills the runner if it still runs; removes the gate directory (idempotent)."""
+        if self.proc.poll() is None:
+            kill_group(self.proc)
+        self._pump.join()
+        self._log.close()
+        self._tmp.cleanup()
+
+    def _wait_for(self, file: str) -> None:
+        path = self.gate_dir / file
+        while not path.exists():
+            if self.proc.poll() is not None:
+                self._pump.join()
+                what = f"exit status {self.proc.returncode} before {file}"
+                self.close()
+                raise VllmPeerError(self.digest.message(what))
+            if time.monotonic() > self._deadline:
+                self.close()
+                raise VllmPeerError(self.digest.message(f"timed out waiting for {file}"))
+            time.sleep(vllm_runner.GATE_POLL_S)
+
+
+def start_gated(python: str | None, spec: dict, *, timeout_s: float, **kwargs) -> GatedRun | None:
+    """Starts a `GatedRun`, or returns None after printing why when `python` cannot run vLLM.
+
+    Raises:
+        ValueError: the spec is bad (nothing is started).
+    """
+    vllm_runner.check_spec(spec)
+    reason = skip_reason(python)
+    if reason is not None:
+        print(f"vLLM peer skipped: {reason}; {SETUP_HINT}")
+        return None
+    return GatedRun(python, spec, timeout_s=timeout_s, **kwargs)
+
+
 def format_summary(result: dict) -> str:
     """A few human-readable lines: engine start, then per pass wall time, TTFT and cache hits."""
     cfg = result["effective_config"]

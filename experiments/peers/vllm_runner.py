@@ -20,6 +20,13 @@ Spec (JSON object; keys with a default may be left out):
     reset_prefix_cache_between_passes  bool  default true
     seed                       int    default 0
     extra_engine_args          dict   default {}   (passed to vllm.LLM as is, e.g. enforce_eager)
+    gated_passes               list   default []   names of passes that wait for the client's go
+    gate_dir                   str?   default null (where the gate files live; the client's)
+    gate_timeout_s             float  default 3600 (the longest wait for one go)
+
+Gates (how `vllm_peer.GatedRun` interleaves vLLM's timed passes with the caller's own, so the two
+never overlap): before a gated pass the runner writes ``ready_<name>`` in ``gate_dir`` and waits for
+the file ``go_<name>``; after the pass it writes ``done_<name>``.
 
 Every pass is one `LLM.generate` call with greedy sampling (temperature 0, ignore_eos, exactly
 `max_tokens` new tokens per request), in order, in the same engine. The result schema is in the
@@ -43,6 +50,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -57,7 +65,11 @@ SPEC_DEFAULTS = {
     "reset_prefix_cache_between_passes": True,
     "seed": 0,
     "extra_engine_args": {},
+    "gated_passes": [],
+    "gate_dir": None,
+    "gate_timeout_s": 3600.0,
 }
+GATE_POLL_S = 0.02  # how often a gated pass looks for its go
 # vLLM 0.32's CPU_ATTN backend: get_supported_kernel_block_sizes() == [MultipleOf(32)].
 CPU_BLOCK_MULTIPLE = 32
 # and its get_supported_head_sizes(); any other head size fails in the first forward pass.
@@ -93,6 +105,10 @@ def check_spec(spec: dict) -> dict:
         raise ValueError("spec has no passes")
     for p in spec["passes"]:
         check_pass(p, spec["max_model_len"])
+    names = [p.get("name") for p in spec["passes"]]
+    for name in spec["gated_passes"]:
+        if name not in names or not re.fullmatch(r"[\w.-]+", name):
+            raise ValueError(f"gated pass {name!r} is not a pass name (letters, digits, _.-)")
     return spec
 
 
@@ -366,8 +382,16 @@ def run(spec: dict) -> dict:
     info = {"versions": versions(), "host": host(), "env": env_settings()}
     import_s = time.perf_counter() - import_start
     llm, engine_start_s = start_engine(spec)
-    reset = spec["reset_prefix_cache_between_passes"]
-    passes = [run_pass(llm, p, reset and i > 0) for i, p in enumerate(spec["passes"])]
+    reset, gated = spec["reset_prefix_cache_between_passes"], set(spec["gated_passes"])
+    if gated and not spec["gate_dir"]:
+        raise ValueError("gated_passes need a gate_dir")
+    passes = []
+    for i, p in enumerate(spec["passes"]):
+        if p["name"] in gated:
+            wait_for_go(spec["gate_dir"], p["name"], spec["gate_timeout_s"])
+        passes.append(run_pass(llm, p, reset and i > 0))
+        if p["name"] in gated:
+            touch(os.path.join(spec["gate_dir"], f"done_{p['name']}"))
     return {
         "ok": True,
         "peer": "vllm",
@@ -382,6 +406,24 @@ def run(spec: dict) -> dict:
         "ttft_source": "RequestOutput.metrics.first_token_latency (vLLM front-end clock)",
         "passes": passes,
     }
+
+
+def touch(path: str) -> None:
+    """Creates the empty file `path` (a gate signal)."""
+    with open(path, "w"):
+        pass
+
+
+def wait_for_go(gate_dir: str, name: str, timeout_s: float) -> None:
+    """Says this runner waits before pass `name` (``ready_<name>``) and waits for the client's
+    ``go_<name>``; raises TimeoutError after `timeout_s`."""
+    touch(os.path.join(gate_dir, f"ready_{name}"))
+    go = os.path.join(gate_dir, f"go_{name}")
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no go for pass {name!r} within {timeout_s:.0f} s")
+        time.sleep(GATE_POLL_S)
 
 
 def write_json(path: str, obj: dict) -> None:

@@ -311,3 +311,98 @@ def test_real_vllm_run_on_a_tiny_random_llama(tmp_path):
     assert warm["prefix_cache"]["hits"] == 4 * 64
     # Greedy tokens do not change when the prefix comes from the cache.
     assert [r["token_ids"] for r in warm["requests"]] == [r["token_ids"] for r in cold["requests"]]
+
+
+# ------------------------------------------------------------------------------------ gates
+
+FAKE_RUNNER = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+from experiments.peers import vllm_runner
+spec = json.load(open(sys.argv[1]))
+passes = []
+for p in spec["passes"]:
+    if {die_before!r} == p["name"]:
+        print("RuntimeError: engine died", flush=True)
+        sys.exit(3)
+    if p["name"] in spec["gated_passes"]:
+        vllm_runner.wait_for_go(spec["gate_dir"], p["name"], 30)
+    with open(os.path.join(spec["gate_dir"], "order.txt"), "a") as log:
+        log.write("vllm " + p["name"] + "\\n")
+    passes.append({{"name": p["name"], "wall_s": 0.0}})
+    if p["name"] in spec["gated_passes"]:
+        vllm_runner.touch(os.path.join(spec["gate_dir"], "done_" + p["name"]))
+vllm_runner.write_json(sys.argv[2], {{"ok": True, "passes": passes}})
+"""
+
+
+@pytest.fixture
+def fake_runner(monkeypatch, tmp_path):
+    """Makes `GatedRun` start a stand-in for vllm_runner.py that keeps the gate protocol with
+    the runner's own gate functions; returns a setter for the pass it dies before."""
+    script = tmp_path / "fake_runner.py"
+
+    def use(die_before: str = ""):
+        root = str(vllm_peer.repo_root())
+        script.write_text(FAKE_RUNNER.format(root=root, die_before=die_before))
+
+    def start(python, spec_path, out_path, env):
+        return subprocess.Popen(
+            [sys.executable, "-S", str(script), str(spec_path), str(out_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    monkeypatch.setattr(vllm_peer, "start_runner", start)
+    use()
+    return use
+
+
+def test_gated_passes_run_only_when_released_and_in_turn(model_dir, fake_runner):
+    passes = [one_pass("warmup"), one_pass("timed_0"), one_pass("timed_1")]
+    spec = vllm_peer.make_spec(model_dir, passes, gated_passes=["timed_0", "timed_1"])
+    with vllm_peer.GatedRun(sys.executable, spec, timeout_s=60) as run:
+        order = run.gate_dir / "order.txt"
+        for name in ("timed_0", "timed_1"):
+            run.wait_ready(name)
+            with open(order, "a") as log:
+                log.write(f"ours {name}\n")  # vLLM waits at the gate meanwhile
+            run.release(name)
+        lines = order.read_text().split("\n")
+        result = run.finish()
+    assert lines[:-1] == ["vllm warmup", "ours timed_0", "vllm timed_0", "ours timed_1",
+                          "vllm timed_1"]  # fmt: skip
+    assert [p["name"] for p in result["passes"]] == ["warmup", "timed_0", "timed_1"]
+    assert not run.gate_dir.exists()  # cleaned up
+
+
+def test_a_runner_that_dies_before_a_gate_raises_with_its_log(model_dir, fake_runner):
+    fake_runner(die_before="timed_0")
+    spec = vllm_peer.make_spec(model_dir, [one_pass("timed_0")], gated_passes=["timed_0"])
+    run = vllm_peer.GatedRun(sys.executable, spec, timeout_s=60)
+    with pytest.raises(vllm_peer.VllmPeerError, match="exit status 3(.|\n)*engine died"):
+        run.wait_ready("timed_0")
+    assert run.proc.returncode == 3
+
+
+def test_a_gate_never_reached_times_out_and_kills_the_runner(model_dir, fake_runner):
+    spec = vllm_peer.make_spec(model_dir, [one_pass("a"), one_pass("b")], gated_passes=["a"])
+    run = vllm_peer.GatedRun(sys.executable, spec, timeout_s=1.0)
+    with pytest.raises(vllm_peer.VllmPeerError, match="timed out waiting for ready_b"):
+        run.wait_ready("b")  # "b" is not gated: its ready file never comes
+    assert run.proc.returncode is not None
+
+
+def test_gated_passes_must_name_passes(model_dir):
+    with pytest.raises(ValueError, match="gated pass 'nope'"):
+        vllm_peer.make_spec(model_dir, [one_pass("a")], gated_passes=["nope"])
+
+
+def test_wait_for_go_returns_on_go_and_times_out_without(tmp_path):
+    (tmp_path / "go_a").touch()
+    vllm_runner.wait_for_go(str(tmp_path), "a", 1.0)
+    assert (tmp_path / "ready_a").exists()
+    with pytest.raises(TimeoutError, match="no go for pass 'b'"):
+        vllm_runner.wait_for_go(str(tmp_path), "b", 0.1)
