@@ -271,9 +271,9 @@ def _decode_tokens(delta) -> int:
 
 def run_vllm(model_dir: str, caching: bool, prompts: dict) -> dict | None:
     """The same passes through vLLM's CPU backend, in its own venv and process."""
-    python = _VLLM_PYTHON.value or vllm_peer.default_vllm_python()
+    spec = _vllm_spec(model_dir, caching, prompts)
     try:
-        result = vllm_peer.run_vllm(python, _vllm_spec(model_dir, caching, prompts), timeout_s=1800)
+        result = vllm_peer.run_vllm(_vllm_python(), spec, timeout_s=1800)
     except vllm_peer.VllmPeerError as err:
         print(f"vLLM peer failed: {err}")
         return None
@@ -290,8 +290,7 @@ def run_interleaved(
     side = _start_pcjax(model_dir, caching, impl, prompts)
     names = [f"timed_{r}" for r in range(len(prompts["timed"]))]
     spec = _vllm_spec(model_dir, caching, prompts) | {"gated_passes": names}
-    python = _VLLM_PYTHON.value or vllm_peer.default_vllm_python()
-    run = vllm_peer.start_gated(python, spec, timeout_s=1800)
+    run = vllm_peer.start_gated(_vllm_python(), spec, timeout_s=1800)
     if run is None:
         return _pcjax_result(side, [_pcjax_round(side, t) for t in prompts["timed"]]), None
     rounds, result = [], None
@@ -306,6 +305,10 @@ def run_interleaved(
             print(f"vLLM peer failed: {err}")
     rounds += [_pcjax_round(side, t) for t in prompts["timed"][len(rounds) :]]
     return _pcjax_result(side, rounds), result and _vllm_result(result, prompts)
+
+
+def _vllm_python() -> str | None:
+    return _VLLM_PYTHON.value or vllm_peer.default_vllm_python()
 
 
 def _vllm_spec(model_dir: str, caching: bool, prompts: dict) -> dict:

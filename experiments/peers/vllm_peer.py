@@ -221,26 +221,6 @@ def start_runner(python: str, spec_path, out_path, env: dict) -> subprocess.Pope
     )
 
 
-def wait_runner(proc: subprocess.Popen, timeout_s: float, log_path, echo: bool) -> LogDigest:
-    """Waits for the runner while pumping its log; returns the log's digest.
-
-    Raises:
-        VllmPeerError: when it runs past `timeout_s` (it is killed, with its engine processes).
-    """
-    digest = LogDigest()
-    with open(log_path or os.devnull, "w") as log_file:
-        pump = threading.Thread(target=pump_log, args=(proc.stdout, digest, log_file, echo))
-        pump.start()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            pump.join()
-            raise VllmPeerError(digest.message(f"timed out after {timeout_s:.0f} s")) from None
-        pump.join()
-    return digest
-
-
 def read_result(out_path: pathlib.Path, returncode: int, digest: LogDigest) -> dict:
     """The runner's result; raises VllmPeerError when it failed or wrote nothing."""
     if not out_path.exists():
@@ -278,18 +258,13 @@ def run_vllm(
         ValueError: the spec is bad (nothing is started).
         VllmPeerError: vLLM failed or ran past `timeout_s`.
     """
-    spec = vllm_runner.check_spec(spec)
-    reason = skip_reason(python)
-    if reason is not None:
-        print(f"vLLM peer skipped: {reason}; {SETUP_HINT}")
+    vllm_runner.check_spec(spec)
+    if not _runnable(python):
         return None
+    start = time.perf_counter()
+    with GatedRun(python, spec, timeout_s=timeout_s, env=env, log_path=log_path, echo=echo) as run:
+        result = run.finish()
     full_env = runner_env(env)
-    with tempfile.TemporaryDirectory(prefix="vllm_peer_") as tmp:
-        out_path = pathlib.Path(tmp) / "result.json"
-        start = time.perf_counter()
-        proc = start_runner(python, write_spec(spec, tmp), out_path, full_env)
-        digest = wait_runner(proc, timeout_s, log_path, echo)
-        result = read_result(out_path, proc.returncode, digest)
     overrides = {k: full_env[k] for k in {**DEFAULT_ENV, **(env or {})}}
     result["client"] = {
         "python": python,
@@ -301,8 +276,9 @@ def run_vllm(
 
 
 class GatedRun:
-    """vLLM started in the background, each of its spec's ``gated_passes`` run when the caller
-    says so: the caller times its own work in between, so both systems' timed passes take turns
+    """vLLM's runner started in the background (`run_vllm` just waits for its result), each of
+    its spec's ``gated_passes`` run when the caller says so: the caller times its own work in
+    between, so both systems' timed passes take turns
     on the machine and never overlap (`bench_prefix_cache` interleaves its rounds this way, so
     that a slow drift of the machine falls on both alike). The gate protocol is in
     `vllm_runner`'s docstring.
@@ -318,10 +294,13 @@ class GatedRun:
     if it still runs.
     """
 
-    def __init__(self, python: str, spec: dict, *, timeout_s: float, env=None, log_path=None):
+    def __init__(
+        self, python: str, spec: dict, *, timeout_s: float, env=None, log_path=None, echo=False
+    ):
         self._tmp = tempfile.TemporaryDirectory(prefix="vllm_peer_")
         self.gate_dir = pathlib.Path(self._tmp.name)
         spec = vllm_runner.check_spec({**spec, "gate_dir": str(self.gate_dir)})
+        self._timeout_s = timeout_s
         self._deadline = time.monotonic() + timeout_s
         self._out = self.gate_dir / "result.json"
         self.digest = LogDigest()
@@ -329,7 +308,7 @@ class GatedRun:
         spec_path = write_spec(spec, self._tmp.name)
         self.proc = start_runner(python, spec_path, self._out, runner_env(env))
         self._pump = threading.Thread(
-            target=pump_log, args=(self.proc.stdout, self.digest, self._log, False)
+            target=pump_log, args=(self.proc.stdout, self.digest, self._log, echo)
         )
         self._pump.start()
 
@@ -349,12 +328,14 @@ class GatedRun:
         self._wait_for(f"done_{name}")
 
     def finish(self) -> dict:
-        """Waits for the runner to end; returns its result (`run_vllm`'s, without ``client``)."""
+        """Waits for the runner to end (by the timeout); returns its result (`run_vllm`'s,
+        without ``client``)."""
         try:
             self.proc.wait(timeout=max(0.0, self._deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.close()
-            raise VllmPeerError(self.digest.message("timed out")) from None
+            what = f"timed out after {self._timeout_s:.0f} s"
+            raise VllmPeerError(self.digest.message(what)) from None
         self._pump.join()
         try:
             return read_result(self._out, self.proc.returncode, self.digest)
@@ -390,11 +371,17 @@ def start_gated(python: str | None, spec: dict, *, timeout_s: float, **kwargs) -
         ValueError: the spec is bad (nothing is started).
     """
     vllm_runner.check_spec(spec)
+    if not _runnable(python):
+        return None
+    return GatedRun(python, spec, timeout_s=timeout_s, **kwargs)
+
+
+def _runnable(python: str | None) -> bool:
+    """Whether `python` can run the peer; if not, prints why and how to set it up."""
     reason = skip_reason(python)
     if reason is not None:
         print(f"vLLM peer skipped: {reason}; {SETUP_HINT}")
-        return None
-    return GatedRun(python, spec, timeout_s=timeout_s, **kwargs)
+    return reason is None
 
 
 def format_summary(result: dict) -> str:

@@ -208,19 +208,25 @@ def test_a_failed_runner_raises_with_its_error_lines_and_log_tail(tmp_path):
         vllm_peer.read_result(tmp_path / "missing.json", -9, digest)
 
 
-def test_a_runner_past_its_timeout_is_killed(tmp_path):
+def test_a_runner_past_its_timeout_is_killed(model_dir, tmp_path, monkeypatch):
     code = "import sys, time; print('started', flush=True); time.sleep(60)"
-    proc = subprocess.Popen(
-        [sys.executable, "-S", "-c", code],  # -S: starts in ms even on a busy machine
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+
+    def start(python, spec_path, out_path, env):
+        return subprocess.Popen(
+            [sys.executable, "-S", "-c", code],  # -S: starts in ms even on a busy machine
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    monkeypatch.setattr(vllm_peer, "start_runner", start)
     log = tmp_path / "vllm.log"
-    with pytest.raises(vllm_peer.VllmPeerError, match="timed out(.|\n)*started"):
-        vllm_peer.wait_runner(proc, 2.0, log, echo=False)
-    assert proc.returncode is not None
+    spec = vllm_peer.make_spec(model_dir, [one_pass()])
+    run = vllm_peer.GatedRun(sys.executable, spec, timeout_s=2.0, log_path=log)
+    with pytest.raises(vllm_peer.VllmPeerError, match="timed out after 2 s(.|\n)*started"):
+        run.finish()
+    assert run.proc.returncode is not None
     assert log.read_text() == "started\n"
 
 
