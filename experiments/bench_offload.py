@@ -176,7 +176,7 @@ def measure_paths(timer: TransferTimer, loads: list, reps: int) -> dict:
     bytes (one contiguous array), the offload path on its pages (the engine's `HostTransfers`),
     raw device_put host -> device, the load path. Returns seconds per kind."""
     device = jax.devices()[0]
-    to_device = jax.sharding.SingleDeviceSharding(device)
+    to_device = jax.sharding.make_single_device_sharding(device)
     to_host = to_device.with_memory_kind(host_kv.host_memory_kind(device))
     x = jax.device_put(np.ones(len(loads) * timer.page_bytes // 4, np.float32), to_device)
     x_host = jax.device_put(x, to_host)

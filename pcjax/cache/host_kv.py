@@ -50,7 +50,7 @@ def allocate_host_kv(
     kind = host_memory_kind(device)
     if kind is None:
         raise ValueError(f"{device} has no host memory kind for a host KV tier")
-    sharding = jax.sharding.SingleDeviceSharding(device, memory_kind=kind)
+    sharding = jax.sharding.make_single_device_sharding(device, memory_kind=kind)
     shape = (num_slots, page_size, num_kv_heads, head_dim)
 
     def make():
