@@ -8,6 +8,12 @@ the followers as a `Channel` message of small integer arrays, then run by every 
 them call the same jitted programs with the same inputs, in the same order, as multi-controller
 JAX requires. A follower runs `follow(engine)` until the leader calls `stop_followers(engine)`.
 
+The processes must compile the very same programs, debug locations included: since jax 0.12 two
+programs that differ only in their source locations do not meet in a cross-process collective,
+which then waits forever (seen with gloo on CPU). The leader traces each program under the
+engine's step and a follower under `follow`, so the call stacks recorded as locations differ;
+`initialize` and `Channel` therefore turn locations off (`drop_source_locations`).
+
 A message is two ``multihost_utils.broadcast_one_to_all`` calls: a fixed-size header (operation,
 array dtypes and shapes, body length) and a body of every array's bytes as int32, padded to a
 power of two so that few broadcast programs compile.
@@ -44,7 +50,14 @@ def initialize(
     if num_cpu_devices is not None:
         use_cpu_devices(num_cpu_devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    drop_source_locations()
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def drop_source_locations() -> None:
+    """Compiles programs from now on without Python source locations (see the module
+    docstring): every process then builds identical programs whatever its call stack."""
+    jax.config.update("jax_traceback_in_locations_limit", 0)
 
 
 def shutdown() -> None:
@@ -68,6 +81,7 @@ class Channel:
 
     def __init__(self):
         self.is_leader = jax.process_index() == 0
+        drop_source_locations()  # also when jax.distributed was started without `initialize`
 
     def send(self, op: str, arrays: list[np.ndarray]) -> None:
         """Sends one command (leader only): ``op`` in `OPS` and up to 25 arrays of <= 3 dims."""

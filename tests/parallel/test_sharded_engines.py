@@ -56,7 +56,7 @@ def test_two_processes_give_the_same_tokens(eight_devices, tmp_path):
         *WORKLOAD,
     ]
     results = launch(
-        command, 2, cpu_devices_per_process=4, log_dir=str(tmp_path), timeout=900, env=cpu_env()
+        command, 2, cpu_devices_per_process=4, log_dir=str(tmp_path), timeout=300, env=cpu_env()
     )
     logs = [(tmp_path / f"process_{r.process_id}.log").read_text()[-3000:] for r in results]
     assert [r.returncode for r in results] == [0, 0], "\n".join(logs)
