@@ -168,3 +168,19 @@ def check_insert_lengths(tokens: tuple, pages: list[int], page_size: int) -> Non
             f"insert needs len(tokens) == len(pages) * page_size, got {len(tokens)} tokens, "
             f"{len(pages)} pages of {page_size}"
         )
+
+
+def common_page_length(node_key: tuple, key: tuple, pos: int, limit: int, P: int) -> int:
+    """Length of the common prefix of ``node_key`` and ``key[pos:limit]``, rounded down to whole
+    pages (the first page is known to match).
+
+    Example (``P = 2``): node key "abcdef", key "xabcdyz" from ``pos = 1`` -> 4 ("abcd").
+    """
+    n = min(len(node_key), limit - pos)
+    n -= n % P
+    if key[pos : pos + n] == node_key[:n]:
+        return n
+    i = P
+    while key[pos + i] == node_key[i]:
+        i += 1
+    return i - i % P

@@ -54,6 +54,7 @@ from pcjax.cache.base import (
     as_key,
     as_pages,
     check_insert_lengths,
+    common_page_length,
 )
 from pcjax.cache.evictable import EvictableLeaves
 from pcjax.cache.page_pool import PagePool
@@ -186,7 +187,7 @@ class RadixTree(TierOps):
             child = node.children.get(key[pos : pos + P])
             if child is None:
                 break
-            n = _common_length(child.key, key, pos, limit, P)
+            n = common_page_length(child.key, key, pos, limit, P)
             node, pos = child, pos + n
             if n < len(child.key):
                 break
@@ -336,7 +337,7 @@ class RadixTree(TierOps):
             child = node.children.get(key[pos : pos + P])
             if child is None:
                 break
-            n = _common_length(child.key, key, pos, limit, P)
+            n = common_page_length(child.key, key, pos, limit, P)
             if n < len(child.key):
                 child = self._split(child, n)
             if child.pages:  # after a split no child matches further: the loop ends
@@ -387,16 +388,3 @@ class RadixTree(TierOps):
     def check_integrity(self) -> None:
         """Raises AssertionError unless every invariant of both tiers holds (`tree_check`)."""
         tree_check.check_tree(self)
-
-
-def _common_length(node_key: tuple, key: tuple, pos: int, limit: int, P: int) -> int:
-    """Length of the common prefix of ``node_key`` and ``key[pos:limit]``, rounded down to whole
-    pages (the first page is known to match)."""
-    n = min(len(node_key), limit - pos)
-    n -= n % P
-    if key[pos : pos + n] == node_key[:n]:
-        return n
-    i = P
-    while key[pos + i] == node_key[i]:
-        i += 1
-    return i - i % P
