@@ -289,6 +289,7 @@ def vllm_python_for_real_runs() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # its model build (300 s) and vLLM run (900 s) bound themselves
 @pytest.mark.skipif(
     vllm_python_for_real_runs() is None,
     reason="set PCJAX_VLLM_PYTHON=.peers/vllm/bin/python to run vLLM for real (~2-3 min)",

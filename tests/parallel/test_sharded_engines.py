@@ -23,7 +23,7 @@ def eight_devices(cpu_only, tmp_path_factory):
     """The JSON of every mesh on 8 simulated devices (it also holds the reference tokens)."""
     workdir = tmp_path_factory.mktemp("check_parallel")
     args = [f"--meshes={','.join(MESHES)}", f"--workdir={workdir}", *WORKLOAD]
-    proc = run_module("experiments.check_parallel", *args, env=cpu_env(8), timeout=1200)
+    proc = run_module("experiments.check_parallel", *args, env=cpu_env(8), timeout=480)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(workdir / "check_parallel.json") as f:
         return json.load(f), workdir / "check_parallel.json", proc.stdout
