@@ -29,7 +29,7 @@ import time
 
 from absl import app, flags
 
-from experiments import workloads
+from experiments import prefix_cache_report, workloads
 from experiments.peers import vllm_peer
 
 _MODEL = flags.DEFINE_string(
@@ -90,11 +90,11 @@ def main(argv):
         if _PEER.value:
             print(f"== vLLM caching_{caching}", flush=True)
             results["vllm"][f"caching_{caching}"] = run_vllm(model_dir, caching == "on", prompts)
-    results["comparison"] = compare(results)
+    results["comparison"] = prefix_cache_report.compare(results)
     path = os.path.join(_WORKDIR.value, "bench_prefix_cache.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
-    print_table(results)
+    prefix_cache_report.print_table(results)
     print(f"wrote {path}")
 
 
@@ -360,85 +360,6 @@ def _vllm_result(result: dict, prompts: dict) -> dict:
         "adjustments": result.get("adjustments"),
         "versions": result.get("versions"),
     }
-
-
-# --------------------------------------------------------------------------------- reporting
-
-
-def compare(results: dict) -> dict:
-    """pcjax/vLLM wall-time ratios per caching setting (of the median rounds, and round by
-    round: the rounds that ran next to each other when interleaved), and greedy-token
-    agreement."""
-    out = {}
-    for name, run in results["pcjax"].items():
-        caching = name.split("/")[0]
-        peer = results["vllm"].get(caching)
-        if peer:
-            out[f"{name}/wall_ratio_vs_vllm"] = run["wall_s"] / peer["wall_s"]
-            pairs = zip(run["wall_s_rounds"], peer["wall_s_rounds"], strict=True)
-            out[f"{name}/round_ratios_vs_vllm"] = [ours / theirs for ours, theirs in pairs]
-            out[f"{name}/same_tokens_as_vllm"] = _agreement(run["token_ids"], peer["token_ids"])
-        if run.get("ttft_probe_hit_s"):
-            out[f"{name}/ttft_cold_over_hit"] = run["ttft_probe_cold_s"] / run["ttft_probe_hit_s"]
-    for caching, peer in results["vllm"].items():
-        if peer and peer.get("ttft_probe_hit_s"):
-            ratio = peer["ttft_probe_cold_s"] / peer["ttft_probe_hit_s"]
-            out[f"vllm/{caching}/ttft_cold_over_hit"] = ratio
-    runs = list(results["pcjax"].values())
-    if len(runs) > 1:
-        out["pcjax_configs_same_tokens"] = all(r["token_ids"] == runs[0]["token_ids"] for r in runs)
-    return out
-
-
-def _agreement(a, b) -> float | None:
-    if not a or not b:
-        return None
-    return sum(x == y for x, y in zip(a, b, strict=False)) / len(a)
-
-
-def print_table(results: dict) -> None:
-    rows = [
-        ("system", "wall s", "TTFT cold", "TTFT hit", "hit rate", "prefill tok/s", "decode tok/s")
-    ]
-    for name, r in results["pcjax"].items():
-        rows.append(
-            (
-                f"pcjax {name}",
-                r["wall_s"],
-                r["ttft_probe_cold_s"],
-                r["ttft_probe_hit_s"],
-                r["hit_rate"],
-                r["prefill_tokens_per_s"],
-                r["decode_tokens_per_s"],
-            )
-        )
-    for name, r in results["vllm"].items():
-        if r:
-            rows.append(
-                (
-                    f"vLLM {name}",
-                    r["wall_s"],
-                    r["ttft_probe_cold_s"],
-                    r["ttft_probe_hit_s"],
-                    "",
-                    "",
-                    "",
-                )
-            )
-    for row in rows:
-        print("  ".join(f"{_fmt(v):>14}" if i else f"{v:<28}" for i, v in enumerate(row)))
-    systems = [(f"pcjax {n}", r) for n, r in results["pcjax"].items()]
-    systems += [(f"vLLM {n}", r) for n, r in results["vllm"].items() if r]
-    for name, r in systems:
-        print(f"{name} wall s per round: " + " ".join(_fmt(w) for w in r["wall_s_rounds"]))
-    for key, value in results["comparison"].items():
-        print(f"{key}: {_fmt(value)}")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, list):
-        return " ".join(_fmt(v) for v in value)
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":
